@@ -1,0 +1,29 @@
+"""Response types read straight from the data, and word permutations of them."""
+
+from __future__ import annotations
+
+from ldreg.responses import GenerationContext, PreferenceExample, ResponseGenerator
+
+
+def permute_words(text: str, rng) -> str:
+    """The words of ``text`` in a random order, keeping a leading space (BPE cares)."""
+    words = text.split()
+    rng.shuffle(words)
+    lead = " " if text[:1].isspace() else ""
+    return lead + " ".join(words)
+
+
+class Chosen(ResponseGenerator):
+    name = "chosen"
+    description = "y+: the preferred response itself."
+
+    def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
+        return example.chosen
+
+
+class ChosenPermuted(ResponseGenerator):
+    name = "chosen_permuted"
+    description = "The words of y+ in a random order: same tokens, no grammar."
+
+    def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
+        return permute_words(example.chosen, ctx.rng(example, self.name))
