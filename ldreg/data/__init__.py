@@ -1,0 +1,1 @@
+"""Dataset adapters (Anthropic-HH, UltraFeedback, JSON lines), tokenisation, probing sets."""

@@ -1,0 +1,1 @@
+"""The query layer: select runs, aggregate observations in the database, draw comparisons."""

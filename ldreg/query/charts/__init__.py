@@ -1,0 +1,1 @@
+"""Altair chart builders, one module per family of the paper's figures."""

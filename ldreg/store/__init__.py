@@ -1,0 +1,1 @@
+"""Persistence: the embedded MongoDB server, connections, observation documents, the spool."""

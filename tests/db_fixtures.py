@@ -1,0 +1,1 @@
+"""Fixtures for the real MongoDB-protocol server (SecantusDB, started once per test session)."""
