@@ -162,8 +162,8 @@ def make_manager(extra_plugins: Iterable[object] = ()) -> pluggy.PluginManager:
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
         except Exception as exc:  # a broken third-party plugin must say who it is
             raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
-    for plugin in extra_plugins:
-        pm.register(plugin)
+    for plugin in extra_plugins:  # e.g. tests, notebooks: named after their module or class
+        pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -174,7 +174,7 @@ def make_manager(extra_plugins: Iterable[object] = ()) -> pluggy.PluginManager:
 def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry) -> None:
     """Call each implementation in turn, so the registry knows which plugin is adding."""
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
+    for impl in hook.get_hookimpls():  # registration order: built-ins first
         registry.plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
         try:
             impl.function(registry=registry)

@@ -1,0 +1,5 @@
+"""`python -m ldreg` is the `ldreg` command."""
+
+from ldreg.cli import main
+
+main()

@@ -1,0 +1,248 @@
+"""The ``ldreg`` command line: run experiments, list plugins and runs, manage the database, query.
+
+Errors a person can fix (a bad spec, a missing plugin, an unreachable database) print one line
+naming the problem and the fix, and exit with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ldreg import __version__
+from ldreg.errors import LdregError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly_errors(fn):
+    """Turn LdregError into one red line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LdregError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ldreg")
+def main() -> None:
+    """ldreg: a learning-dynamics laboratory for LLM finetuning.
+
+    Run tracked finetuning experiments whose probes and eNTK observations are stored in MongoDB,
+    then query and plot them across runs. With no LDREG_MONGO_URL set, ldreg starts its own
+    embedded MongoDB-protocol server (SecantusDB) under ./.ldreg.
+
+    \b
+    Quick start:
+      ldreg run experiments/smoke.yaml
+      ldreg runs
+      ldreg query queries/smoke.yaml --out smoke.png
+    """
+
+
+# ------------------------------------------------------------------------------------ plugins
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@friendly_errors
+def plugins(as_json: bool) -> None:
+    """List installed plugins and what each registers (losses, response types, backends)."""
+    from ldreg.registry import get_plugins
+
+    rows = get_plugins().describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="ldreg plugins")
+    for col in ("plugin", "version", "losses", "response types", "backends"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["plugin"]), str(r["version"]), ", ".join(r["losses"]),
+                      ", ".join(r["response types"]), ", ".join(r["backends"]))
+    console.print(table)
+
+
+@main.command()
+@friendly_errors
+def backends() -> None:
+    """Show each hardware backend, whether it can run here, and which `auto` picks."""
+    from ldreg.backends import resolve_backend
+    from ldreg.registry import get_plugins
+
+    registry = get_plugins().backends
+    chosen = resolve_backend("auto", registry).name
+    table = Table(title="ldreg backends")
+    for col in ("backend", "available", "device", "dtype", "note"):
+        table.add_column(col, overflow="fold")
+    for name in registry.names():
+        b = registry.get(name)
+        ok, why = b.availability()
+        table.add_row(name + (" (auto)" if name == chosen else ""), "yes" if ok else "no",
+                      str(b.device()) if ok else "-", str(b.preferred_dtype()).replace("torch.", "") if ok else "-",
+                      why or "")
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Manage the embedded MongoDB-protocol server (or check LDREG_MONGO_URL)."""
+
+
+@db.command("start")
+@friendly_errors
+def db_start() -> None:
+    """Start the embedded server (SecantusDB) in the background."""
+    from ldreg.store import server
+
+    info = server.start()
+    console.print(f"embedded MongoDB running: {info.url} (pid {info.pid}, data {info.data_dir})")
+
+
+@db.command("stop")
+@friendly_errors
+def db_stop() -> None:
+    """Stop the embedded server."""
+    from ldreg.store import server
+
+    console.print("stopped" if server.stop() else "not running")
+
+
+@db.command("status")
+@friendly_errors
+def db_status() -> None:
+    """Say which database ldreg uses and whether it answers."""
+    from ldreg import config
+    from ldreg.store import connection, server
+
+    url = config.mongo_url_setting()
+    if url:
+        connection.check_reachable(url)
+        console.print(f"using LDREG_MONGO_URL={connection.redact(url)}: reachable")
+        return
+    info = server.status()
+    if info is None:
+        console.print("embedded server: not running (it starts on demand; or `ldreg db start`)")
+    else:
+        console.print(f"embedded server: running at {info.url} (pid {info.pid}, data {info.data_dir})")
+
+
+@db.command("flush")
+@friendly_errors
+def db_flush() -> None:
+    """Write observations spooled during a database outage into the database."""
+    from ldreg.store import connection, sink
+
+    counts = sink.flush_spools(connection.connect())
+    console.print(f"flushed {counts}")
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--name", help="Name the run (default: the spec's name).")
+@click.option("--tag", "tags", multiple=True, help="Add a tag (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@friendly_errors
+def run(spec: Path, overrides: tuple[str, ...], name: str | None, tags: tuple[str, ...], dry_run: bool,
+        no_progress: bool) -> None:
+    """Run the experiment SPEC (YAML) as a tracked Sacred run.
+
+    \b
+    Override any config value after `with`, Sacred style; dotted keys reach into stages:
+      ldreg run experiments/smoke.yaml with seed=3 stages.0.lr=1e-4
+    """
+    import yaml
+
+    from ldreg import spec as specs
+    from ldreg.registry import get_plugins
+
+    items = list(overrides)
+    if items and items[0] == "with":
+        items = items[1:]
+    elif items:
+        raise click.UsageError(f"unexpected {items[0]!r}: put overrides after `with`, e.g. `with seed=3`")
+    if name:
+        items.append(f"name={name}")
+    parsed = specs.load(spec, items, get_plugins())
+    parsed.tags = list(dict.fromkeys([*parsed.tags, *tags]))
+    if dry_run:
+        click.echo(yaml.safe_dump(parsed.to_config(), sort_keys=False))
+        return
+    from ldreg.runner import run_experiment
+
+    result = run_experiment(parsed, spec_path=spec, progress=not no_progress)
+    console.print(f"run {result.run_id} [bold green]COMPLETED[/]: {result.summary()}")
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+@main.group(invoke_without_command=True)
+@click.option("--status", help="Only runs with this status (COMPLETED, FAILED, RUNNING, INTERRUPTED).")
+@click.option("--tag", help="Only runs with this tag.")
+@click.option("--name", help="Only runs whose name contains this.")
+@click.option("--limit", default=20, show_default=True, help="Show at most this many (newest first).")
+@click.pass_context
+@friendly_errors
+def runs(ctx: click.Context, status: str | None, tag: str | None, name: str | None, limit: int) -> None:
+    """List past runs (newest first); `runs show ID` and `runs delete ID` for one."""
+    if ctx.invoked_subcommand:
+        return
+    from ldreg.store import runs as run_store
+
+    rows = run_store.list_runs(status=status, tag=tag, name=name, limit=limit)
+    table = Table(title="ldreg runs")
+    for col in ("id", "name", "status", "losses", "tags", "start", "duration", "observations"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("id", "name", "status", "losses", "tags", "start", "duration",
+                                            "observations")))
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id", type=int)
+@friendly_errors
+def runs_show(run_id: int) -> None:
+    """Config, metrics summary and observation counts of one run."""
+    import yaml
+
+    from ldreg.store import runs as run_store
+
+    doc = run_store.show_run(run_id)
+    click.echo(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+
+
+@runs.command("delete")
+@click.argument("run_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@friendly_errors
+def runs_delete(run_id: int, yes: bool) -> None:
+    """Delete a run together with its metrics and observations."""
+    from ldreg.store import runs as run_store
+
+    if not yes:
+        click.confirm(f"delete run {run_id} and all its observations?", abort=True)
+    counts = run_store.delete_run(run_id)
+    console.print(f"deleted run {run_id}: {counts}")

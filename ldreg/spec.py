@@ -1,0 +1,277 @@
+"""Experiment specs: declarative YAML, validated before anything runs.
+
+A spec names the model, the data, the probing sets, the stages (each a loss with its
+hyper-parameters), the probe schedule, the backend, the seed and tags. ``include:`` pulls in a
+shared base; ``key=value`` overrides (Sacred's syntax, dotted keys, ``stages.1.lr=1e-5``) apply
+on top. Every mistake gets one message naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ldreg.errors import SpecError
+from ldreg.registry import Plugins, closest
+from ldreg.schema import CHECK, from_dict, non_negative, positive, to_dict
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@dataclass
+class TinyModelSpec:
+    """A GPT-NeoX built from config with a BPE tokenizer trained on the data (``base: tiny``)."""
+
+    hidden_size: int = field(default=64, metadata=positive())
+    layers: int = field(default=2, metadata=positive())
+    heads: int = field(default=4, metadata=positive())
+    vocab_size: int = field(default=512, metadata={CHECK: (lambda v: v >= 300, "must be >= 300 (bytes + merges)")})
+
+
+@dataclass
+class ModelSpec:
+    """``base``: a hub id, a local directory, ``tiny`` (built here), or ``pretrained:NAME`` (cached here)."""
+
+    base: str = "tiny"
+    dtype: Dtype = "auto"
+    reference_dtype: Dtype = "auto"
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+
+
+@dataclass
+class DataSpec:
+    """Preference data: a local file/directory or a hub id, read through ``datasets.load_dataset``."""
+
+    source: str = ""
+    format: Literal["auto", "hh", "ultrafeedback", "jsonl"] = "auto"
+    split: str = "train"
+    data_dir: str | None = None
+    limit: int | None = field(default=None, metadata=positive())
+    test_fraction: float = field(default=0.1, metadata={CHECK: (lambda v: 0 <= v < 1, "must be in [0, 1)")})
+    max_length: int = field(default=512, metadata=positive())
+    max_prompt_length: int = field(default=256, metadata=positive())
+
+    def validate(self, where: str) -> None:
+        if not self.source:
+            raise SpecError(f"{where}.source: required: a JSON-lines file, a data directory or a hub id")
+        if self.max_prompt_length >= self.max_length:
+            raise SpecError(f"{where}.max_prompt_length: must be below max_length ({self.max_length}), "
+                            f"got {self.max_prompt_length}")
+
+
+@dataclass
+class ProbeSetSpec:
+    """Where a probing set's prompts come from: the training data, the held-out test split, or a file."""
+
+    name: str
+    source: str = "train"
+    n: int = field(default=16, metadata=positive())
+
+
+@dataclass
+class InfluenceSpec:
+    """The one-step influence matrix (update type x observe type) on a small subset."""
+
+    every: int = field(default=0, metadata=non_negative("must be >= 0 (0: only before training)"))
+    n: int = field(default=4, metadata=positive())
+    lr: float = field(default=1e-3, metadata=positive())
+    update_types: list[str] = field(default_factory=lambda: ["chosen", "rejected"])
+
+
+@dataclass
+class EntkSpec:
+    """The exact eNTK Gram between probe examples (small models) or its last-layer form."""
+
+    every: int = field(default=0, metadata=non_negative("must be >= 0 (0: only before training)"))
+    n: int = field(default=8, metadata=positive())
+    response_type: str = "chosen"
+
+
+@dataclass
+class ProbingSpec:
+    """What is observed, and how often (``every`` counts examples seen, as the authors do)."""
+
+    every: int = field(default=100, metadata=positive("must be > 0 (examples seen between probes)"))
+    response_types: list[str] = field(default_factory=lambda: ["chosen", "rejected", "chosen_permuted"])
+    sets: list[ProbeSetSpec] = field(default_factory=lambda: [ProbeSetSpec("train")])
+    max_tokens_per_batch: int = field(default=8192, metadata=positive())
+    influence: InfluenceSpec | None = None
+    entk: EntkSpec | None = None
+
+
+@dataclass
+class StageSpec:
+    """One finetuning stage: a loss, its hyper-parameters, and its optimiser."""
+
+    loss: str
+    name: str | None = None
+    epochs: float = field(default=1.0, metadata=positive())
+    lr: float = field(default=5e-7, metadata=positive())
+    optimizer: Literal["rmsprop", "adamw", "sgd"] = "rmsprop"
+    batch_size: int = field(default=4, metadata=positive())
+    warmup_steps: int = field(default=0, metadata=non_negative())
+    max_grad_norm: float | None = field(default=10.0, metadata=positive())
+    params: dict[str, float] = field(default_factory=dict)
+    reference: str = "stage_start"
+
+
+@dataclass
+class ExperimentSpec:
+    name: str = "experiment"
+    seed: int = 0
+    backend: str = "auto"
+    tags: list[str] = field(default_factory=list)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    probing: ProbingSpec = field(default_factory=ProbingSpec)
+    stages: list[StageSpec] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        if not self.data.source:
+            raise SpecError("data.source: required: a JSON-lines file, a data directory or a hub id")
+        if not self.stages:
+            raise SpecError("stages: needs at least one stage, e.g. [{loss: sft, epochs: 1}]")
+        names = [s.name for s in self.stages if s.name]
+        if len(names) != len(set(names)):
+            raise SpecError(f"stages: stage names must be unique, got {names}")
+        for i, stage in enumerate(self.stages):
+            stage.name = stage.name or f"{i}-{stage.loss}"
+
+    def to_config(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
+    """Plugin names in the spec must be installed; loss hyper-parameters must be the loss's."""
+    for i, stage in enumerate(spec.stages):
+        if stage.loss not in plugins.losses:
+            raise SpecError(f"stages[{i}].loss: no loss named {stage.loss!r}{closest(stage.loss, plugins.losses.names())}; "
+                            f"installed: {', '.join(plugins.losses.names())}")
+        defaults = plugins.losses.get(stage.loss).defaults
+        for key in stage.params:
+            if key not in defaults:
+                raise SpecError(f"stages[{i}].params.{key}: loss {stage.loss!r} has no such hyper-parameter"
+                                f"{closest(key, defaults)}; it accepts: {', '.join(sorted(defaults)) or 'none'}")
+    wanted = list(spec.probing.response_types)
+    if spec.probing.influence:
+        wanted += spec.probing.influence.update_types
+    if spec.probing.entk:
+        wanted.append(spec.probing.entk.response_type)
+    for name in wanted:
+        if name not in plugins.responses:
+            raise SpecError(f"probing.response_types: no response type {name!r}{closest(name, plugins.responses.names())}; "
+                            f"installed: {', '.join(plugins.responses.names())}")
+    if spec.backend != "auto" and spec.backend not in plugins.backends:
+        raise SpecError(f"backend: no backend {spec.backend!r}{closest(spec.backend, plugins.backends.names())}; "
+                        f"installed: auto, {', '.join(plugins.backends.names())}")
+
+
+# ---------------------------------------------------------------- reading files and overrides
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Safe YAML only: a spec is data, never code."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The spec's mapping with every ``include:`` merged in (the including file wins)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise SpecError(f"{path}: includes itself (via {' -> '.join(p.name for p in _seen)})")
+    data = read_yaml(path)
+    include = data.pop("include", None)
+    includes = [include] if isinstance(include, str) else (include or [])
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        merged = deep_merge(merged, load_raw(path.parent / inc, _seen + (path,)))
+    data = deep_merge(merged, data)
+    _resolve_paths(data, path.parent)
+    return data
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative local paths in a spec are relative to the spec file, not the working directory."""
+    source = data.get("data", {}).get("source") if isinstance(data.get("data"), dict) else None
+    if isinstance(source, str) and (source.startswith("./") or source.startswith("../")):
+        data["data"]["source"] = str((base / source).resolve())
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Sacred-style ``key=value`` (values parsed as YAML); dotted keys reach into lists by index."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"override {item!r}: expected key=value, e.g. seed=3 or stages.1.lr=1e-5")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node: Any = data
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            here = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise SpecError(f"override {key}: {here} is not an index of a list of {len(node)}")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise SpecError(f"override {key}: {'.'.join(parts[:depth])} is not a mapping")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and part not in node:
+                    node[part] = {}
+                node = node[part]
+    return data
+
+
+def _shorthand(data: dict[str, Any]) -> dict[str, Any]:
+    """``model: EleutherAI/pythia-410m`` and ``data: Anthropic/hh-rlhf`` stand for {base:...}/{source:...}."""
+    data = dict(data)
+    if isinstance(data.get("model"), str):
+        data["model"] = {"base": data["model"]}
+    if isinstance(data.get("data"), str):
+        data["data"] = {"source": data["data"]}
+    return data
+
+
+def parse(data: dict[str, Any], plugins: Plugins | None = None) -> ExperimentSpec:
+    spec = from_dict(ExperimentSpec, _shorthand(data))
+    if plugins is not None:
+        check_plugins(spec, plugins)
+    return spec
+
+
+def load(path: str | Path, overrides: list[str] = (), plugins: Plugins | None = None) -> ExperimentSpec:
+    """Read, merge includes, apply overrides, validate: the spec a run will use."""
+    return parse(apply_overrides(load_raw(path), list(overrides)), plugins)

@@ -1,0 +1,69 @@
+"""Sacred runs: every ldreg experiment is a Sacred run recorded by a MongoObserver.
+
+The run documents stay in Sacred's own format (config, host, sources, status, captured output,
+heartbeat, result, metrics) so that Omniboard and incense read them unchanged. Per-example
+observations do not go through ``log_scalar``: they go to ldreg's bucketed collection, linked by
+the Sacred run id.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+with warnings.catch_warnings():  # Sacred 0.8.7 imports pkg_resources, which warns on import
+    warnings.simplefilter("ignore")
+    from sacred import Experiment
+    from sacred.observers import MongoObserver
+    from sacred.settings import SETTINGS
+    from sacred.utils import apply_backspaces_and_linefeeds
+
+from ldreg import config
+from ldreg.spec import ExperimentSpec
+
+SETTINGS.CAPTURE_MODE = "sys"  # "fd" breaks under pytest's capture and loses tqdm's carriage returns
+SETTINGS.DISCOVER_SOURCES = "imported"
+
+RUNS_COLLECTION = "runs"  # Sacred's default, what Omniboard reads
+
+
+@dataclass
+class RunContext:
+    """What the experiment body gets: the Sacred run id and a metric logger."""
+
+    run_id: int
+    log_scalar: Callable[[str, float, int], None]
+    add_artifact: Callable[[str, str], None]
+    info: dict[str, Any]
+
+
+Body = Callable[[ExperimentSpec, RunContext], dict[str, Any]]
+
+
+def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | None = None,
+                spec_path: str | Path | None = None, comment: str = "") -> tuple[int, dict[str, Any]]:
+    """Run ``body`` as a Sacred experiment observed into MongoDB; return (run id, result).
+
+    Sacred marks the run FAILED on an exception and INTERRUPTED on Ctrl-C; ``body`` is
+    responsible for flushing what it computed before it re-raises (the runner's sink does).
+    """
+    ex = Experiment(spec.name, save_git_info=False)
+    ex.captured_out_filter = apply_backspaces_and_linefeeds
+    ex.add_config(spec.to_config())
+    ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(),
+                                      failure_dir=str(config.home() / "spool" / "sacred")))
+    if spec_path:
+        ex.add_resource(str(spec_path))
+
+    @ex.main
+    def main(_run):
+        ctx = RunContext(run_id=_run._id, log_scalar=lambda n, v, s: _run.log_scalar(n, v, s),
+                         add_artifact=lambda path, name: _run.add_artifact(path, name=name), info=_run.info)
+        _run.info["tags"] = list(spec.tags)
+        return body(spec, ctx)
+
+    run = ex.run(meta_info={"comment": comment, "tags": list(spec.tags)},
+                 options={"--name": spec.name, "--loglevel": "WARNING"})
+    return run._id, run.result

@@ -1,0 +1,222 @@
+"""The training loop: stages in order, each a loss plugin, with probes on a schedule.
+
+The trainer knows nothing of MongoDB or Sacred. Observations leave through an ObservationSink;
+scalar metrics through a ``log_scalar(name, value, step)`` callable. That keeps it testable
+with a list sink and usable from a notebook.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ldreg.backends import Backend
+from ldreg.dynamics.logprobs import Batch, EncodedPair, collate, sequence_logps
+from ldreg.errors import LdregError
+from ldreg.losses import LossDefinition, SequenceLogps
+from ldreg.models import frozen_copy
+from ldreg.observations import Observation, ObservationSink
+from ldreg.spec import StageSpec
+
+LogScalar = Callable[[str, float, int], None]
+
+
+class NonFiniteLoss(LdregError):
+    """A loss became NaN or infinite: stop, naming the stage and step, rather than train on garbage."""
+
+
+@dataclass
+class EncodedExample:
+    """A training example, tokenised: (x, y+) and (x, y-)."""
+
+    id: int
+    chosen: EncodedPair
+    rejected: EncodedPair
+    chosen_prob: float | None = None
+
+
+@dataclass
+class Clock:
+    """Where training is: optimiser steps and examples seen, both counted across stages."""
+
+    step: int = 0
+    examples_seen: int = 0
+    stage: str = ""
+    stage_index: int = 0
+
+
+class Observer(Protocol):
+    """Called on the probe schedule; emits observations of the current model to a sink."""
+
+    def __call__(self, model: torch.nn.Module, clock: Clock) -> None: ...
+
+
+@dataclass
+class ProbeSchedule:
+    """Probe every ``every`` examples seen, at the start of each stage, and at the very end."""
+
+    every: int
+
+    def crossed(self, before: int, after: int) -> bool:
+        return after // self.every > before // self.every
+
+
+def _optimizer(stage: StageSpec, params) -> torch.optim.Optimizer:
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=stage.lr)
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=stage.lr)
+    return torch.optim.RMSprop(params, lr=stage.lr)
+
+
+def _warmup(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / steps) if steps else 1.0)
+
+
+@dataclass
+class Trainer:
+    model: torch.nn.Module
+    backend: Backend
+    pad_id: int
+    losses: dict[str, LossDefinition]
+    observer: Observer | None = None
+    log_scalar: LogScalar = lambda name, value, step: None
+    sink: ObservationSink | None = None
+    probe_every: int = 100
+    seed: int = 0
+    progress: bool = True
+    generate_rejected: Callable[[torch.nn.Module, Sequence[EncodedExample]], list[EncodedPair]] | None = None
+    clock: Clock = field(default_factory=Clock)
+
+    def run(self, stages: Sequence[StageSpec], data: Sequence[EncodedExample]) -> Clock:
+        schedule = ProbeSchedule(self.probe_every)
+        for index, stage in enumerate(stages):
+            self.clock.stage, self.clock.stage_index = stage.name or stage.loss, index
+            self._observe()
+            self._run_stage(stage, data, schedule)
+        self._observe()
+        return self.clock
+
+    # ------------------------------------------------------------------ one stage
+
+    def _run_stage(self, stage: StageSpec, data: Sequence[EncodedExample], schedule: ProbeSchedule) -> None:
+        loss_def = self.losses[stage.loss]
+        device = self.backend.device()
+        reference = frozen_copy(self.model) if loss_def.needs_reference else None
+        optimizer = _optimizer(stage, [p for p in self.model.parameters() if p.requires_grad])
+        scheduler = _warmup(optimizer, stage.warmup_steps)
+        order = self._order(len(data), stage.epochs, self.clock.stage_index)
+        batches = [order[i : i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
+        bar = tqdm(batches, desc=f"stage {self.clock.stage}", unit="step", disable=not self.progress, leave=False)
+        for batch_idx in bar:
+            examples = [data[i] for i in batch_idx]
+            metrics = self._step(loss_def, stage, examples, reference, optimizer, device)
+            scheduler.step()
+            before = self.clock.examples_seen
+            self.clock.step += 1
+            self.clock.examples_seen += len(examples)
+            metrics["lr"] = scheduler.get_last_lr()[0]
+            for name, value in metrics.items():
+                self.log_scalar(f"{self.clock.stage}/{name}" if "/" not in name else name, value, self.clock.step)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            if schedule.crossed(before, self.clock.examples_seen):
+                self._observe()
+        bar.close()
+        del reference
+
+    def _order(self, n: int, epochs: float, stage_index: int) -> list[int]:
+        """Seeded shuffles, one per epoch; a fractional epoch takes a prefix of the last one."""
+        gen = torch.Generator().manual_seed(self.seed * 1000 + stage_index)
+        full = math.floor(epochs)
+        order: list[int] = []
+        for _ in range(full):
+            order += torch.randperm(n, generator=gen).tolist()
+        rest = round((epochs - full) * n)
+        if rest:
+            order += torch.randperm(n, generator=gen).tolist()[:rest]
+        return order
+
+    def _step(self, loss_def: LossDefinition, stage: StageSpec, examples: Sequence[EncodedExample],
+              reference: torch.nn.Module | None, optimizer: torch.optim.Optimizer, device) -> dict[str, float]:
+        self.model.train()
+        chosen = [e.chosen for e in examples]
+        rejected: list[EncodedPair] | None = None
+        if loss_def.needs_rejected:
+            if loss_def.rejected_source == "generated":
+                if self.generate_rejected is None:
+                    raise LdregError(f"loss {loss_def.name!r} needs generated responses, but no generator is set")
+                rejected = self.generate_rejected(reference if reference is not None else self.model, examples)
+            else:
+                rejected = [e.rejected for e in examples]
+        pairs = chosen + (rejected or [])
+        batch = collate(pairs, self.pad_id).to(device)
+        with self.backend.autocast():
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logits.retain_grad()
+        logps, counts = sequence_logps(logits, batch.labels)
+        b = len(chosen)
+        inputs = SequenceLogps(chosen=logps[:b], chosen_tokens=counts[:b])
+        if rejected is not None:
+            inputs.rejected, inputs.rejected_tokens = logps[b:], counts[b:]
+        if reference is not None:
+            with torch.no_grad(), self.backend.autocast():
+                ref_logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                ref_logps, _ = sequence_logps(ref_logits, batch.labels)
+            inputs.ref_chosen = ref_logps[:b]
+            if rejected is not None:
+                inputs.ref_rejected = ref_logps[b:]
+        if loss_def.needs_soft_labels:
+            inputs.chosen_prob = torch.tensor([e.chosen_prob for e in examples], dtype=torch.float32, device=device)
+        out = loss_def(inputs, **stage.params)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLoss(
+                f"stage {self.clock.stage!r}, step {self.clock.step + 1}: loss is {float(out.loss)}; "
+                f"lower the learning rate ({stage.lr}) or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), stage.max_grad_norm if stage.max_grad_norm else float("inf")
+        )
+        optimizer.step()
+        metrics = {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.metrics}
+        metrics.update(self._residual(logits.grad, batch, b, [e.id for e in examples]))
+        return metrics
+
+    def _residual(self, grad: torch.Tensor | None, batch: Batch, n_chosen: int, ids: list[int]) -> dict[str, float]:
+        """||G|| of the updating batch from dL/dz, which backward already computed (no extra pass)."""
+        if grad is None:
+            return {}
+        from ldreg.dynamics.logprobs import shifted
+
+        g, _, mask = shifted(grad.float(), batch.labels)
+        per_token = g.norm(dim=-1) * mask
+        per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+        chosen_energy = float((per_token[:n_chosen] ** 2).sum())
+        total_energy = float((per_token**2).sum()) or 1.0
+        if self.sink is not None:
+            self.sink.emit(Observation(
+                kind="batch", step=self.clock.step + 1, examples_seen=self.clock.examples_seen,
+                stage=self.clock.stage, stage_index=self.clock.stage_index, probe_set="update",
+                response_type="chosen", example_ids=ids,
+                values={"g_norm": per_seq[:n_chosen].tolist(),
+                        **({"g_norm_rejected": per_seq[n_chosen:].tolist()} if len(per_seq) > n_chosen else {})},
+            ))
+        return {"residual/g_norm": float(per_seq.mean()), "residual/chosen_share": chosen_energy / total_energy}
+
+    def _observe(self) -> None:
+        if self.observer is not None:
+            self.observer(self.model, self.clock)
+
+
+def seed_everything(backend: Backend, seed: int) -> None:
+    """Python, numpy, torch and the device: one seed, one run."""
+    backend.seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
