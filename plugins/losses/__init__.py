@@ -2,9 +2,14 @@
 
 from ldreg.hookspecs import hookimpl
 
+from .dpo import DPO
+from .ipo import IPO
 from .sft import EXTEND, SFT
+from .slic import SLIC
+from .spin import SPIN
+from .sppo import SPPO
 
-BUILTIN_LOSSES = (SFT, EXTEND)
+BUILTIN_LOSSES = (SFT, EXTEND, DPO, IPO, SLIC, SPPO, SPIN)
 
 
 @hookimpl

@@ -10,6 +10,8 @@ import torch
 
 from ldreg.losses import LossDefinition, LossOutput, SequenceLogps, detached_metrics
 
+from .common import require
+
 
 def sft_loss(logps: SequenceLogps) -> LossOutput:
     loss = -logps.chosen.mean()
@@ -18,6 +20,7 @@ def sft_loss(logps: SequenceLogps) -> LossOutput:
 
 def extend_loss(logps: SequenceLogps) -> LossOutput:
     """SFT on both (x, y+) and (x, y-): the mean over the 2B sequences."""
+    require(logps, "extend_sft", "rejected")
     both = torch.cat([logps.chosen, logps.rejected])
     loss = -both.mean()
     return LossOutput(loss, detached_metrics(**{"logps/chosen": logps.chosen, "logps/rejected": logps.rejected}))
