@@ -176,7 +176,7 @@ class Trainer:
         out = loss_def(inputs, **stage.params)
         if not torch.isfinite(out.loss):
             raise NonFiniteLoss(
-                f"stage {self.clock.stage!r}, step {self.clock.step + 1}: loss is {float(out.loss)}; "
+                f"stage {self.clock.stage!r}, step {self.clock.step + 1}: loss is {float(out.loss.detach())}; "
                 f"lower the learning rate ({stage.lr}) or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
