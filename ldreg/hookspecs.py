@@ -6,7 +6,6 @@ Built-in plugins implement these hooks exactly as third-party ones do, through t
 ``ldreg`` entry-point group. Every hook is documented in docs/plugin-hooks.md.
 """
 
-from __future__ import annotations
 
 from typing import TYPE_CHECKING
 

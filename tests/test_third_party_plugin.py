@@ -1,0 +1,67 @@
+"""docs/writing-plugins.md, executed: build its plugin distribution, pip install it, use it."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ldreg import registry, spec as specs
+from ldreg.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "writing-plugins.md"
+
+
+def _guide_files() -> dict[str, str]:
+    """The files the guide tells a user to write: `<!-- file: PATH -->` before a code block."""
+    text = GUIDE.read_text()
+    return dict(re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, flags=re.S))
+
+
+@pytest.fixture(scope="module")
+def installed_plugin(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plugin")
+    files = _guide_files()
+    assert {"ldreg-hello/pyproject.toml", "ldreg-hello/ldreg_hello.py", "hello.yaml"} <= set(files)
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(content)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run(pip + [str(root / "ldreg-hello")], check=True, capture_output=True)
+    registry.reset()
+    yield root
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ldreg-hello"], check=True,
+                   capture_output=True)
+    registry.reset()
+
+
+def test_installed_plugin_is_listed(installed_plugin):
+    result = CliRunner().invoke(main, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"plugin": "hello"' in result.output and "hello_hinge" in result.output
+    assert '"distribution": "ldreg-hello"' in result.output
+
+
+def test_installed_loss_is_usable_by_name_in_a_spec(installed_plugin, monkeypatch):
+    monkeypatch.chdir(REPO)
+    plugins = registry.get_plugins()
+    spec = specs.load(installed_plugin / "hello.yaml", plugins=plugins)
+    assert spec.stages[1].loss == "hello_hinge" and spec.stages[1].params == {"margin": 2.0, "beta": 0.1}
+    loss = plugins.losses.get("hello_hinge")
+    import torch
+    from ldreg.losses import SequenceLogps
+
+    out = loss(SequenceLogps(chosen=torch.tensor([-1.0]), chosen_tokens=torch.tensor([1]),
+                             rejected=torch.tensor([-2.0]), rejected_tokens=torch.tensor([1]),
+                             ref_chosen=torch.tensor([-1.0]), ref_rejected=torch.tensor([-1.0])), margin=2.0)
+    assert out.loss.item() == pytest.approx(2.0 - 0.1 * 1.0)  # relu(2 - beta * ((0) - (-1)))
+
+
+def test_restricting_plugins_leaves_it_out(installed_plugin, monkeypatch):
+    monkeypatch.setenv("LDREG_PLUGINS", "someone_else")
+    assert "hello_hinge" not in registry.load_plugins().losses
+    monkeypatch.setenv("LDREG_PLUGINS", "hello")
+    assert "hello_hinge" in registry.load_plugins().losses
