@@ -54,14 +54,14 @@ def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | No
     ex.add_config(spec.to_config())
     ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(),
                                       failure_dir=str(config.home() / "spool" / "sacred")))
-    if spec_path:
-        ex.add_resource(str(spec_path))
 
     @ex.main
     def main(_run):
         ctx = RunContext(run_id=_run._id, log_scalar=lambda n, v, s: _run.log_scalar(n, v, s),
                          add_artifact=lambda path, name: _run.add_artifact(path, name=name), info=_run.info)
         _run.info["tags"] = list(spec.tags)
+        if spec_path:
+            _run.add_resource(str(spec_path))
         return body(spec, ctx)
 
     run = ex.run(meta_info={"comment": comment, "tags": list(spec.tags)},

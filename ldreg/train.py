@@ -122,8 +122,9 @@ class Trainer:
             self.clock.step += 1
             self.clock.examples_seen += len(examples)
             metrics["lr"] = scheduler.get_last_lr()[0]
-            for name, value in metrics.items():
-                self.log_scalar(f"{self.clock.stage}/{name}" if "/" not in name else name, value, self.clock.step)
+            metrics["stage_index"] = self.clock.stage_index
+            for name, value in metrics.items():  # TRL's names; the step is global across stages
+                self.log_scalar(name, value, self.clock.step)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             if schedule.crossed(before, self.clock.examples_seen):
                 self._observe()
@@ -197,7 +198,8 @@ class Trainer:
 
         g, _, mask = shifted(grad.float(), batch.labels)
         per_token = g.norm(dim=-1) * mask
-        per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+        # dL/dz of a batch-mean loss is 1/B of each example's own G: undo that to report per example
+        per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1) * len(ids)
         chosen_energy = float((per_token[:n_chosen] ** 2).sum())
         total_energy = float((per_token**2).sum()) or 1.0
         if self.sink is not None:

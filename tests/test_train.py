@@ -68,7 +68,7 @@ def test_stages_and_probe_schedule(tiny_model_dir, setup):
     # start of each stage, every 4 examples, and the end
     assert calls == [(0, 0, "sft"), (2, 4, "sft"), (4, 8, "sft"), (4, 8, "dpo"), (6, 12, "dpo"), (6, 12, "dpo")]
     names = {n for n, _, _ in scalars}
-    assert {"sft/loss", "sft/grad_norm", "sft/lr", "logps/chosen", "rewards/margins", "residual/g_norm"} <= names
+    assert {"loss", "grad_norm", "lr", "stage_index", "logps/chosen", "rewards/margins", "residual/g_norm"} <= names
     batch_obs = [o for o in sink.observations if o.kind == "batch"]
     assert len(batch_obs) == 6 and all(v > 0 for o in batch_obs for v in o.values["g_norm"])
     assert "g_norm_rejected" in batch_obs[-1].values
