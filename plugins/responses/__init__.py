@@ -2,9 +2,19 @@
 
 from ldreg.hookspecs import hookimpl
 
-from .basic import Chosen, ChosenPermuted
+from .basic import Chosen, ChosenPermuted, Rejected
+from .model import ChosenSelfRephrase, Initial, ModelRephrase, RejectedSelfRephrase
+from .pools import IrrelevantTest, IrrelevantTrain
+from .random_text import RandomPermuted, RandomSentence
+from .rephrase import REPHRASES
 
-BUILTIN_GENERATORS = (Chosen(), ChosenPermuted())
+BUILTIN_GENERATORS = (
+    Chosen(), Rejected(), Initial(),
+    *REPHRASES,
+    ChosenSelfRephrase(), RejectedSelfRephrase(), ModelRephrase(),
+    IrrelevantTrain(), IrrelevantTest(), RandomSentence(),
+    ChosenPermuted(), RandomPermuted(),
+)
 
 
 @hookimpl

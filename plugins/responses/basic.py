@@ -21,6 +21,14 @@ class Chosen(ResponseGenerator):
         return example.chosen
 
 
+class Rejected(ResponseGenerator):
+    name = "rejected"
+    description = "y-: the less preferred response itself."
+
+    def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
+        return example.rejected
+
+
 class ChosenPermuted(ResponseGenerator):
     name = "chosen_permuted"
     description = "The words of y+ in a random order: same tokens, no grammar."
