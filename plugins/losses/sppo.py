@@ -31,8 +31,8 @@ def win_probability(logps: SequenceLogps, soft: bool) -> torch.Tensor:
         return torch.ones_like(logps.chosen)
     if logps.chosen_prob is None:
         raise SpecError("loss 'sppo' with soft: 1.0 needs a win probability P(y+ > y-) per pair "
-                        "(SequenceLogps.chosen_prob) and the data has none; use data with win "
-                        "probabilities or set soft: 0.0 for hard labels")
+                        "(SequenceLogps.chosen_prob) and none was given; use data whose records "
+                        "carry chosen_prob, or set soft: 0.0 for hard labels")
     prob = logps.chosen_prob.to(logps.chosen.dtype)
     if bool(((prob < 0) | (prob > 1)).any()):
         raise SpecError("loss 'sppo': the data's win probabilities must lie in [0, 1]")
