@@ -114,3 +114,20 @@ def test_bad_arguments_are_named():
         dg.run(update_class=12)
     with pytest.raises(SpecError, match="per_class=500"):
         dg.balanced_subset(torch.arange(10).repeat(3), per_class=500)
+
+
+def test_digits_charts_render(result, tmp_path):
+    from ldreg.query.charts import simulation as charts
+
+    frame = charts.entk_frame(result.class_entk)
+    assert len(frame) == 100 and frame.loc[(frame["observed class"] == 3) & (frame["updated class"] == 5),
+                                           "mean eNTK norm"].item() == result.class_entk[3, 5]
+    heatmap = charts.entk_heatmap(result.class_entk)
+    assert "||K(x_o, x_u)||_F" in str(heatmap.to_dict())
+    heatmap.save(tmp_path / "entk.png")
+
+    influence = charts.influence_frame(result)
+    assert len(influence) == 6 and influence["observed"].iloc[0] == "same class (4)"
+    charts.influence_chart(result).save(tmp_path / "influence.png")
+    for name in ("entk.png", "influence.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

@@ -159,3 +159,21 @@ def test_unknown_names_get_clear_errors():
         sq.draw_problem("bumpy", 0)
     with pytest.raises(SpecError, match="class 60 is outside 0..49"):
         sq.run_steps(sq.draw_problem("flat", 0), ((60, -0.5),))
+
+
+def test_squeeze_charts_render_offline(tmp_path):
+    from ldreg.query.charts import simulation as charts
+
+    frame = charts.squeeze_frame(sq.run_case("peak_negative"))
+    assert set(frame["role"]) == {"pushed down", "argmax", "other"}
+    assert frame.loc[frame["role"] == "pushed down", "class"].unique().tolist() == [11]
+
+    panel = charts.squeeze_panel(sq.run_all())
+    spec = panel.to_dict()
+    assert len(spec["vconcat"]) == len(sq.CASES)
+    assert "valley_negative: negative step (eta=-0.5) on class 42" in str(spec)
+    assert "'title': 'probability'" in str(spec) and "'title': 'class'" in str(spec)
+    panel.save(tmp_path / "squeeze.png")
+    assert (tmp_path / "squeeze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panel.save(tmp_path / "squeeze.html", inline=True)
+    assert "cdn.jsdelivr" not in (tmp_path / "squeeze.html").read_text()
