@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ldreg.data.errors import DataError
-from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_ids, _ids, _response_ids
+from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_ids, response_token_ids, token_ids
 from ldreg.dynamics.logprobs import EncodedPair
 from ldreg.responses import GenerationContext, PreferenceExample
 
@@ -193,11 +193,11 @@ class EncodedProbes(dict):
 
 def encode_probing_set(probing: ProbingSet, tokenizer, limits: TokenLimits = TokenLimits()) -> EncodedProbes:
     """Tokenise every (prompt, response) with the authors' rules, counting truncations per type."""
-    prompt_ids = [_ids(tokenizer, ex.prompt) for ex in probing.examples]
+    prompt_ids = [token_ids(tokenizer, ex.prompt) for ex in probing.examples]
     by_type = {kind: TruncationReport() for kind in probing.types}
     pairs: dict[str, list[EncodedPair]] = {}
     for kind, texts in probing.responses.items():
-        pairs[kind] = [encode_ids(prompt, [_response_ids(tokenizer, text, limits)], limits, by_type[kind])[0]
+        pairs[kind] = [encode_ids(prompt, [response_token_ids(tokenizer, text, limits)], limits, by_type[kind])[0]
                        for prompt, text in zip(prompt_ids, texts)]
     total = TruncationReport()
     for report in by_type.values():

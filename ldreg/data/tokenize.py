@@ -79,12 +79,12 @@ class TruncationReport:
                 f"{self.response_tokens_dropped} tokens)")
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def token_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _response_ids(tokenizer, response: str, limits: TokenLimits) -> list[int]:
-    ids = _ids(tokenizer, response)
+def response_token_ids(tokenizer, response: str, limits: TokenLimits) -> list[int]:
+    ids = token_ids(tokenizer, response)
     if limits.add_eos:
         if tokenizer.eos_token_id is None:
             raise DataError("the tokenizer has no EOS token; set add_eos=False or give it one")
@@ -135,5 +135,5 @@ def encode_preference(tokenizer, prompt: str, chosen: str, rejected: str, limits
 
 def encode_with_limits(tokenizer, prompt: str, responses: list[str], limits: TokenLimits,
                        report: TruncationReport | None = None) -> list[EncodedPair]:
-    prompt_ids = _ids(tokenizer, prompt)
-    return encode_ids(prompt_ids, [_response_ids(tokenizer, r, limits) for r in responses], limits, report)
+    prompt_ids = token_ids(tokenizer, prompt)
+    return encode_ids(prompt_ids, [response_token_ids(tokenizer, r, limits) for r in responses], limits, report)
