@@ -1,0 +1,170 @@
+"""From selected runs to a tidy frame: one row per run (or seed group), step, series and statistic.
+
+This is the query layer's Python API::
+
+    runs = select_runs(db, name="sft-dpo", latest=3)
+    frame = curves_frame(db, runs, [Pick(quantity="logp_sum", response_types=["chosen", "rejected"])],
+                         Aggregation(align="dpo", ema=0.6))
+
+Columns: run_id, run (the legend label: what differs between the runs), stage, stage_index, step,
+examples_seen, x (aligned examples seen), probe_set, response_type, update_type, quantity,
+series (what a chart calls the curve), mean, median, std, ci_low, ci_high, n (examples, or runs
+when seeds are pooled). Asking for what no selected run recorded is an error that lists what
+they did record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ldreg.query.errors import QueryError
+from ldreg.query.labels import run_labels, seed_groups
+from ldreg.query.pipeline import OBSERVATIONS, Aggregation, Pick, curve_pipeline, recorded
+from ldreg.query.select import RunInfo
+from ldreg.registry import closest
+
+COLUMNS = ["run_id", "run", "stage", "stage_index", "step", "examples_seen", "x", "probe_set", "response_type",
+           "update_type", "quantity", "series", "mean", "median", "std", "ci_low", "ci_high", "n"]
+
+# How a quantity is named on an axis, with its unit.
+QUANTITY_LABELS = {
+    "logp_sum": "log-probability (nats)",
+    "logp_mean": "mean log-probability per token (nats)",
+    "argmax_logp": "argmax confidence (nats)",
+    "nonargmax": "log(1 - p*) summed (nats)",
+    "n_tokens": "tokens",
+    "a_norm": "‖A‖ per token",
+    "a_norm_authors": "‖A‖ per token (authors' form)",
+    "g_norm": "‖G‖ per token",
+    "energy": "energy mean(1 - π(y))",
+    "delta_logp": "Δ log-probability after one step (nats)",
+    "lbk": "LBK |Δ| / (‖A_o‖ ‖G_u‖)",
+    "lbk_signed": "Δ / (‖A_o‖ ‖G_u‖)",
+}
+_SHORT = {"argmax_logp": "argmax confidence", "logp_mean": "per-token log-prob"}
+
+
+def quantity_label(quantity: str) -> str:
+    return QUANTITY_LABELS.get(quantity, quantity)
+
+
+def series_label(pick: Pick, response_type: str, update_type: str | None = None) -> str:
+    """``chosen`` for log-probabilities; ``argmax confidence (chosen)`` for other quantities."""
+    if pick.label:
+        return pick.label if not pick.response_types or len(pick.response_types) == 1 else f"{pick.label} ({response_type})"
+    name = response_type if update_type is None else f"{update_type} → {response_type}"
+    if pick.quantity == "logp_sum":
+        return name
+    return f"{_SHORT.get(pick.quantity, pick.quantity)} ({name})"
+
+
+def _stage_anchor(runs: Sequence[RunInfo], align: int | str) -> dict[int, int]:
+    """Run id -> the index of the stage to align at: an index as given, or the first stage with that loss/name."""
+    if isinstance(align, int):
+        return {r.id: align for r in runs}
+    anchor = {}
+    for run in runs:
+        stages = run.config.get("stages") or []
+        for i, stage in enumerate(stages):
+            if isinstance(stage, dict) and align in (stage.get("loss"), stage.get("name")):
+                anchor[run.id] = i
+                break
+    if not anchor:
+        losses = sorted({str(s.get("loss")) for r in runs for s in r.config.get("stages") or [] if isinstance(s, dict)})
+        raise QueryError(f"aggregate.align: no selected run has a stage {align!r}{closest(str(align), losses)}; "
+                         f"their stages' losses: {', '.join(losses) or 'none recorded'}; or use a stage index, "
+                         f"'stage' or null")
+    return anchor
+
+
+def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe") -> None:
+    """Raise QueryError naming what the pick asks for and no selected run recorded."""
+    ids = [r.id for r in runs]
+    have = recorded(db, ids, pick.kind)
+    run_list = ", ".join(f"#{i}" for i in ids)
+    if not have.response_types:
+        kinds = sorted(row["_id"] for row in db[OBSERVATIONS].aggregate([
+            {"$match": {"run_id": {"$in": ids}}}, {"$group": {"_id": "$kind"}}]))
+        raise QueryError(f"{where}.kind: no selected run ({run_list}) recorded {pick.kind!r} observations; "
+                         f"they recorded: {', '.join(kinds) or 'nothing (did the runs store observations?)'}")
+    checks = [("response_types", pick.response_types, have.response_types),
+              ("update_types", pick.update_types, have.update_types),
+              ("probe_set", [pick.probe_set] if pick.probe_set is not None else None, have.probe_sets),
+              ("quantity", [pick.quantity], have.quantities)]
+    for name, wanted, there in checks:
+        for value in wanted or []:
+            if value not in there:
+                raise QueryError(f"{where}.{name}: no selected run ({run_list}) recorded {value!r} for kind "
+                                 f"{pick.kind!r}{closest(str(value), sorted(there))}; recorded: {', '.join(sorted(there))}")
+
+
+def t_interval(mean: pd.Series, std: pd.Series, n: pd.Series, confidence: float) -> tuple[pd.Series, pd.Series]:
+    """mean ± t_{(1+c)/2, n-1} std / sqrt(n); NaN where n < 2."""
+    from scipy.stats import t
+
+    n = n.astype(float)
+    dof = (n - 1).where(n >= 2)
+    half = pd.Series(t.ppf((1 + confidence) / 2, dof.to_numpy()), index=mean.index) * std / np.sqrt(n)
+    return mean - half, mean + half
+
+
+def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation: Aggregation | None = None,
+                 check: bool = True) -> pd.DataFrame:
+    """The tidy frame of every pick over the selected runs, aggregated in the database."""
+    aggregation = aggregation or Aggregation()
+    ids = [r.id for r in runs]
+    labels = seed_groups(runs) if aggregation.seeds else run_labels(runs)
+    anchor = None
+    if aggregation.align not in (None, "stage"):
+        anchor = _stage_anchor(runs, aggregation.align)
+    frames = []
+    for i, pick in enumerate(picks):
+        if check:
+            check_pick(db, runs, pick, f"observe[{i}]")
+        pipeline = curve_pipeline(ids, pick, aggregation, anchor_stage=anchor, group_of=labels)
+        rows = list(db[OBSERVATIONS].aggregate(pipeline, allowDiskUse=True))
+        if not rows:
+            continue
+        frame = pd.DataFrame(rows)
+        frame["quantity"] = pick.quantity
+        frame["series"] = [series_label(pick, r, u) for r, u in zip(frame["response_type"], frame["update_type"])]
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["run"] = frame["group"] if aggregation.seeds else frame["run_id"].map(labels)
+    for col in ("mean", "median", "std"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    frame["ci_low"], frame["ci_high"] = t_interval(frame["mean"], frame["std"], frame["n"], aggregation.confidence)
+    extra = [c for c in ("n_examples",) if c in frame]
+    return frame[COLUMNS + extra].reset_index(drop=True)
+
+
+def entk_matrix(db, run_id: int, *, step: int | str = "first", probe_set: str | None = None,
+                response_type: str | None = None) -> dict[str, Any]:
+    """One run's eNTK Gram (``step``: a step, "first" or "last"), reshaped to n x n with its ids.
+
+    A Gram is small (n <= a few dozen), so the one bucket is read as is.
+    """
+    query: dict[str, Any] = {"run_id": int(run_id), "kind": "entk"}
+    if probe_set:
+        query["probe_set"] = probe_set
+    if response_type:
+        query["response_type"] = response_type
+    if isinstance(step, int):
+        query["step"] = step
+    order = -1 if step == "last" else 1
+    doc = next(iter(db[OBSERVATIONS].find(query).sort("step", order).limit(1)), None)
+    if doc is None:
+        steps = sorted({d["step"] for d in db[OBSERVATIONS].find({"run_id": int(run_id), "kind": "entk"}, {"step": 1})})
+        raise QueryError(f"run #{run_id} has no eNTK observation" + (f" at step {step}" if isinstance(step, int) else "")
+                         + (f"; eNTK steps recorded: {steps}" if steps else
+                            "; enable it with probing.entk in the experiment spec"))
+    n = int((doc.get("meta") or {}).get("n") or math.isqrt(len(doc["values"]["gram"])))
+    gram = np.asarray(doc["values"]["gram"], dtype=float).reshape(n, n)
+    return {"gram": gram, "example_ids": list(doc["example_ids"])[:n], "step": doc["step"], "stage": doc["stage"],
+            "response_type": doc["response_type"], "probe_set": doc["probe_set"], "meta": doc.get("meta") or {}}
