@@ -296,7 +296,7 @@ def squeeze_observations(result: SqueezeResult) -> list[Observation]:
         "seed": result.seed,
         "steps": [[int(k), float(eta)] for k, eta in result.steps],
         "argmax": result.argmax,
-        **{k: v for k, v in result.meta.items()},
+        **result.meta,
     }
     common = dict(kind="squeeze", stage="squeeze", stage_index=0, probe_set="classes",
                   response_type=result.case, example_ids=classes)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ldreg.sim.digits import DigitsResult
-from ldreg.sim.squeeze import SqueezeResult
+from ldreg.sim.squeeze import SqueezeResult, fraction_falling
 
 BEFORE, AFTER = "before the step", "after the step"
 PHASE_COLOURS = alt.Scale(domain=[BEFORE, AFTER], range=["#9e9e9e", "#1f77b4"])
@@ -80,8 +80,6 @@ def squeeze_chart(result: SqueezeResult, *, width: int = 700, height: int = 220)
 
 
 def _fraction_words(result: SqueezeResult) -> str:
-    from ldreg.sim.squeeze import fraction_falling
-
     return f"{100 * fraction_falling(result):.0f}% of the other classes fell"
 
 
