@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ldreg.backends import Backend
 from ldreg.dynamics.logprobs import Batch, EncodedPair, collate, sequence_logps
+from ldreg.dynamics.residual import summarize_residual
 from ldreg.errors import LdregError
 from ldreg.losses import LossDefinition, SequenceLogps
 from ldreg.models import frozen_copy
@@ -92,20 +93,31 @@ class Trainer:
     seed: int = 0
     progress: bool = True
     generate_rejected: Callable[[torch.nn.Module, Sequence[EncodedExample]], list[EncodedPair]] | None = None
+    checkpoint_every: int = 0
+    checkpointer: Callable[[dict], None] | None = None
     clock: Clock = field(default_factory=Clock)
 
-    def run(self, stages: Sequence[StageSpec], data: Sequence[EncodedExample]) -> Clock:
+    def run(self, stages: Sequence[StageSpec], data: Sequence[EncodedExample], resume: dict | None = None) -> Clock:
+        """Train every stage in order; with ``resume`` (a checkpoint), continue exactly where it was."""
         schedule = ProbeSchedule(self.probe_every)
+        if resume is not None:
+            self.clock = Clock(**resume["clock"])
+            self.model.load_state_dict(resume["model"])
         for index, stage in enumerate(stages):
+            if resume is not None and index < resume["stage_index"]:
+                continue
+            mid_stage = resume is not None and index == resume["stage_index"]
             self.clock.stage, self.clock.stage_index = stage.name or stage.loss, index
-            self._observe()
-            self._run_stage(stage, data, schedule)
+            if not mid_stage:
+                self._observe()
+            self._run_stage(stage, data, schedule, resume if mid_stage else None)
         self._observe()
         return self.clock
 
     # ------------------------------------------------------------------ one stage
 
-    def _run_stage(self, stage: StageSpec, data: Sequence[EncodedExample], schedule: ProbeSchedule) -> None:
+    def _run_stage(self, stage: StageSpec, data: Sequence[EncodedExample], schedule: ProbeSchedule,
+                   resume: dict | None = None) -> None:
         loss_def = self.losses[stage.loss]
         device = self.backend.device()
         reference = frozen_copy(self.model) if loss_def.needs_reference else None
@@ -113,9 +125,18 @@ class Trainer:
         scheduler = _warmup(optimizer, stage.warmup_steps)
         order = self._order(len(data), stage.epochs, self.clock.stage_index)
         batches = [order[i : i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
-        bar = tqdm(batches, desc=f"stage {self.clock.stage}", unit="step", disable=not self.progress, leave=False)
-        for batch_idx in bar:
-            examples = [data[i] for i in batch_idx]
+        start = 0
+        if resume is not None:
+            start = resume["batch"]
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if reference is not None:
+                reference.load_state_dict(resume["reference"])
+            restore_rng(resume["rng"])
+        bar = tqdm(batches, desc=f"stage {self.clock.stage}", unit="step", disable=not self.progress, leave=False,
+                   initial=start, total=len(batches))
+        for position in range(start, len(batches)):
+            examples = [data[i] for i in batches[position]]
             metrics = self._step(loss_def, stage, examples, reference, optimizer, device)
             scheduler.step()
             before = self.clock.examples_seen
@@ -125,11 +146,21 @@ class Trainer:
             metrics["stage_index"] = self.clock.stage_index
             for name, value in metrics.items():  # TRL's names; the step is global across stages
                 self.log_scalar(name, value, self.clock.step)
+            bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             if schedule.crossed(before, self.clock.examples_seen):
                 self._observe()
+            if self.checkpointer and self.checkpoint_every and self.clock.step % self.checkpoint_every == 0:
+                self.checkpointer(self._state(position + 1, optimizer, scheduler, reference))
         bar.close()
         del reference
+
+    def _state(self, next_batch: int, optimizer, scheduler, reference) -> dict:
+        """Everything needed to continue bit-for-bit: weights, optimiser, schedule, data position, RNG."""
+        return {"clock": dict(vars(self.clock)), "stage_index": self.clock.stage_index, "batch": next_batch,
+                "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "reference": reference.state_dict() if reference is not None else None, "rng": rng_state()}
 
     def _order(self, n: int, epochs: float, stage_index: int) -> list[int]:
         """Seeded shuffles, one per epoch; a fractional epoch takes a prefix of the last one."""
@@ -172,8 +203,9 @@ class Trainer:
             inputs.ref_chosen = ref_logps[:b]
             if rejected is not None:
                 inputs.ref_rejected = ref_logps[b:]
-        if loss_def.needs_soft_labels:
-            inputs.chosen_prob = torch.tensor([e.chosen_prob for e in examples], dtype=torch.float32, device=device)
+        probs = [e.chosen_prob for e in examples]
+        if all(p is not None for p in probs):  # soft win probabilities, where the data has them
+            inputs.chosen_prob = torch.tensor(probs, dtype=torch.float32, device=device)
         out = loss_def(inputs, **stage.params)
         if not torch.isfinite(out.loss):
             raise NonFiniteLoss(
@@ -187,34 +219,45 @@ class Trainer:
         )
         optimizer.step()
         metrics = {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.metrics}
-        metrics.update(self._residual(logits.grad, batch, b, [e.id for e in examples]))
+        metrics.update(self._residual(logits.grad, batch, b, [e.id for e in examples], out))
         return metrics
 
-    def _residual(self, grad: torch.Tensor | None, batch: Batch, n_chosen: int, ids: list[int]) -> dict[str, float]:
-        """||G|| of the updating batch from dL/dz, which backward already computed (no extra pass)."""
+    def _residual(self, grad: torch.Tensor | None, batch: Batch, n_chosen: int, ids: list[int],
+                  output) -> dict[str, float]:
+        """||G|| of the updating batch from dL/dz, which backward already computed (no extra pass).
+
+        Reported per example (the batch mean's 1/B undone), with its split between y+ and y-.
+        """
         if grad is None:
             return {}
-        from ldreg.dynamics.logprobs import shifted
-
-        g, _, mask = shifted(grad.float(), batch.labels)
-        per_token = g.norm(dim=-1) * mask
-        # dL/dz of a batch-mean loss is 1/B of each example's own G: undo that to report per example
-        per_seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1) * len(ids)
-        chosen_energy = float((per_token[:n_chosen] ** 2).sum())
-        total_energy = float((per_token**2).sum()) or 1.0
+        split = grad.shape[0] > n_chosen
+        res = summarize_residual(grad[:n_chosen], batch.labels[:n_chosen],
+                                 grad[n_chosen:] if split else None, batch.labels[n_chosen:] if split else None,
+                                 output=output, scale=n_chosen)
         if self.sink is not None:
             self.sink.emit(Observation(
-                kind="batch", step=self.clock.step + 1, examples_seen=self.clock.examples_seen,
+                kind="batch", step=self.clock.step + 1, examples_seen=self.clock.examples_seen + len(ids),
                 stage=self.clock.stage, stage_index=self.clock.stage_index, probe_set="update",
-                response_type="chosen", example_ids=ids,
-                values={"g_norm": per_seq[:n_chosen].tolist(),
-                        **({"g_norm_rejected": per_seq[n_chosen:].tolist()} if len(per_seq) > n_chosen else {})},
+                response_type="chosen", example_ids=ids, values=res.values(),
             ))
-        return {"residual/g_norm": float(per_seq.mean()), "residual/chosen_share": chosen_energy / total_energy}
+        metrics = {"residual/g_norm": float(res.token_norm.mean())}
+        if split:
+            metrics["residual/chosen_share"] = float(res.chosen_fraction.nanmean())
+        return metrics
 
     def _observe(self) -> None:
         if self.observer is not None:
             self.observer(self.model, self.clock)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
 
 
 def seed_everything(backend: Backend, seed: int) -> None:

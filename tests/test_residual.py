@@ -23,9 +23,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ldreg.dynamics.logprobs import IGNORE, EncodedPair, collate
+from ldreg.dynamics.logprobs import IGNORE, EncodedPair, collate, sequence_logps
 from ldreg.dynamics.residual import (
-    dpo_residual, exact_sequence_logps, ipo_residual, residual_from_logits, residual_grads,
+    dpo_residual, ipo_residual, residual_from_logits, residual_grads,
     sft_residual, summarize_residual)
 from ldreg.errors import SpecError
 from ldreg.registry import load_plugins
@@ -68,8 +68,8 @@ def pair_batch():
     chosen, chosen_labels = random_batch(1)
     rejected, rejected_labels = random_batch(2, prompt_lengths=(1, 2, 3), response_lengths=(5, 3, 1))
     g = torch.Generator().manual_seed(3)
-    lp_c, _ = exact_sequence_logps(chosen, chosen_labels)
-    lp_r, _ = exact_sequence_logps(rejected, rejected_labels)
+    lp_c, _ = sequence_logps(chosen, chosen_labels)
+    lp_r, _ = sequence_logps(rejected, rejected_labels)
     # reference log-probs near the policy's, so h spreads on both sides of 0 and of 1/(2 beta)
     ref_c = lp_c + torch.randn(B, generator=g, dtype=torch.float64) * 3
     ref_r = lp_r + torch.randn(B, generator=g, dtype=torch.float64) * 3
@@ -78,8 +78,8 @@ def pair_batch():
 
 
 def margin(batch, ref_c, ref_r, per_token=False):
-    lp_c, n_c = exact_sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
-    lp_r, n_r = exact_sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
+    lp_c, n_c = sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
+    lp_r, n_r = sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
     if per_token:
         return (lp_c - ref_c) / n_c - (lp_r - ref_r) / n_r, n_c.double(), n_r.double()
     return (lp_c - ref_c) - (lp_r - ref_r), torch.ones(B, dtype=torch.float64), torch.ones(B, dtype=torch.float64)
@@ -173,8 +173,8 @@ def test_ipo_pushes_back_once_the_margin_passes_its_target(pair_batch):
 
 def test_slic_residual_active_and_inactive_pairs(pair_batch):
     batch, _, _ = pair_batch
-    lp_c, _ = exact_sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
-    lp_r, _ = exact_sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
+    lp_c, _ = sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
+    lp_r, _ = sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
     delta = float((lp_c - lp_r).median()) + 1e-3  # the median pair just active, off the kink
     active = (delta - lp_c + lp_r > 0).double()
     assert 0 < active.sum() < B
@@ -190,8 +190,8 @@ def test_sppo_residual_two_separate_terms(pair_batch, soft):
     hparams = {"beta": beta, "soft": float(soft)}
     _, g_c, g_r = residual_grads(LOSSES.get("sppo"), hparams, **batch, ref_chosen=ref_c,
                                  ref_rejected=ref_r, chosen_prob=p_win if soft else None)
-    lp_c, _ = exact_sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
-    lp_r, _ = exact_sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
+    lp_c, _ = sequence_logps(batch["chosen_logits"], batch["chosen_labels"])
+    lp_r, _ = sequence_logps(batch["rejected_logits"], batch["rejected_labels"])
     p = p_win if soft else torch.ones(B, dtype=torch.float64)
     # l = 1/2[(r+ - (p - 1/2)/beta)^2 + (r- - (1/2 - p)/beta)^2]: dl/dr± = (r± - target±), G± = -(dl/dr±)(pi - e)/B
     c_plus = -((lp_c - ref_c) - (p - 0.5) / beta) / B
@@ -215,7 +215,7 @@ def test_sft_summary_is_the_mean_token_norm_of_pi_minus_e():
     assert res.chosen_fraction.tolist() == [1.0] * B
     raw = residual_from_logits(LOSSES.get("sft"), {}, logits, labels, per_example=False)
     torch.testing.assert_close(raw.token_norm * B, res.token_norm, rtol=1e-12, atol=0)
-    assert res.output.loss.item() == pytest.approx(-exact_sequence_logps(logits, labels)[0].mean().item())
+    assert res.output.loss.item() == pytest.approx(-sequence_logps(logits, labels)[0].mean().item())
 
 
 def test_dpo_summary_splits_chosen_and_rejected(pair_batch):
@@ -299,8 +299,8 @@ def test_tiny_model_autograd_matches_closed_forms(tiny_pairs):
     assert z_c.dtype == torch.float64
     batch = dict(chosen_logits=z_c, chosen_labels=chosen.labels, rejected_logits=z_r,
                  rejected_labels=rejected.labels)
-    lp_c, _ = exact_sequence_logps(z_c, chosen.labels)
-    lp_r, _ = exact_sequence_logps(z_r, rejected.labels)
+    lp_c, _ = sequence_logps(z_c, chosen.labels)
+    lp_r, _ = sequence_logps(z_r, rejected.labels)
     ref_c, ref_r = lp_c + torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), lp_r - 0.7
 
     _, g, _ = residual_grads(LOSSES.get("sft"), {}, z_c, chosen.labels)
@@ -326,7 +326,7 @@ def test_trainer_path_retained_grad_gives_the_same_summary(tiny_pairs):
     logits.retain_grad()
     from ldreg.losses import SequenceLogps
 
-    lp, n = exact_sequence_logps(logits, both.labels)
+    lp, n = sequence_logps(logits, both.labels)
     ref = lp.detach() - 0.3
     inputs = SequenceLogps(lp[:3], n[:3], lp[3:], n[3:], ref[:3], ref[3:])
     out = loss(inputs)

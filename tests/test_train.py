@@ -1,5 +1,7 @@
 """The trainer on a tiny real model: stages, probes on schedule, determinism, NaN guard."""
 
+import copy
+
 import pytest
 import torch
 
@@ -70,8 +72,10 @@ def test_stages_and_probe_schedule(tiny_model_dir, setup):
     names = {n for n, _, _ in scalars}
     assert {"loss", "grad_norm", "lr", "stage_index", "logps/chosen", "rewards/margins", "residual/g_norm"} <= names
     batch_obs = [o for o in sink.observations if o.kind == "batch"]
-    assert len(batch_obs) == 6 and all(v > 0 for o in batch_obs for v in o.values["g_norm"])
-    assert "g_norm_rejected" in batch_obs[-1].values
+    assert len(batch_obs) == 6 and all(v > 0 for o in batch_obs for v in o.values["G/token_norm"])
+    assert "G/rejected_token_norm" in batch_obs[-1].values and "G/rejected_norm" not in batch_obs[0].values
+    # SFT: G = pi - e_y per token, so the per-example mean token norm lies in (0, sqrt(2))
+    assert all(0 < v < 2 ** 0.5 for v in batch_obs[0].values["G/token_norm"])
 
 
 def test_same_seed_same_run(tiny_model_dir, setup):
@@ -91,3 +95,34 @@ def test_non_finite_loss_stops_with_step(tiny_model_dir, setup):
     trainer.losses["nan"] = nan_loss
     with pytest.raises(NonFiniteLoss, match=r"stage 'x', step 1: loss is nan"):
         trainer.run([StageSpec(loss="nan", name="x")], data)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, setup):
+    """Crash mid-stage, resume from the last checkpoint: same weights and same probes as no crash."""
+    stages = [StageSpec(loss="sft", name="sft", epochs=1, lr=1e-3, batch_size=2, optimizer="adamw"),
+              StageSpec(loss="dpo", name="dpo", epochs=1, lr=1e-4, batch_size=2)]
+    full, full_calls, data = _trainer(tiny_model_dir, setup, seed=1, probe_every=4)
+    full.run(stages, data)
+
+    saved = []
+
+    class Crash(Exception):
+        pass
+
+    def log(name, value, step):
+        if step == 7 and name == "loss":
+            raise Crash()
+
+    crashed, crashed_calls, _ = _trainer(tiny_model_dir, setup, seed=1, probe_every=4, checkpoint_every=3,
+                                         checkpointer=lambda s: saved.append(copy.deepcopy(s)), log_scalar=log)
+    with pytest.raises(Crash):
+        crashed.run(stages, data)
+    last = saved[-1]
+    assert last["clock"]["step"] == 6 and last["stage_index"] == 1 and last["batch"] == 2
+
+    resumed, resumed_calls, _ = _trainer(tiny_model_dir, setup, seed=1, probe_every=4)
+    resumed.run(stages, data, resume=last)
+    for pa, pb in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(pa, pb)
+    # the probes after the checkpoint are those of the uninterrupted run
+    assert resumed_calls == [c for c in full_calls if c[0] > 6 or (c[0] == 6 and c[2] == "dpo" and c[1] > 12)]

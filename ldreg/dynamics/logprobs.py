@@ -64,9 +64,9 @@ def shifted(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def token_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token log pi(y_t | chi_<t) in fp32 (zeros off the response) and the response mask."""
+    """Per-token log pi(y_t | chi_<t), at least fp32 (zeros off the response), and the response mask."""
     logits, targets, mask = shifted(logits, labels)
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     per_token = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return per_token * mask, mask
 

@@ -29,18 +29,6 @@ from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
 from .logprobs import sequence_logps, shifted
 
 
-def exact_sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``sequence_logps``, except that float64 logits stay float64 (it computes in fp32).
-
-    The residual is compared with closed forms to 1e-6, which fp32 cannot promise.
-    """
-    if logits.dtype != torch.float64:
-        return sequence_logps(logits, labels)
-    logits, targets, mask = shifted(logits, labels)
-    per_token = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (per_token * mask).sum(-1), mask.sum(-1)
-
-
 @dataclass
 class Residual:
     """Per-example ||G|| summaries of one batch (each a float64 tensor [B]) and the loss.
@@ -126,12 +114,12 @@ def residual_grads(loss: LossDefinition, hparams: Mapping[str, float],
     with torch.enable_grad():
         z_chosen = chosen_logits.detach().requires_grad_(True)
         inputs = [z_chosen]
-        chosen, chosen_tokens = exact_sequence_logps(z_chosen, chosen_labels)
+        chosen, chosen_tokens = sequence_logps(z_chosen, chosen_labels)
         rejected = rejected_tokens = None
         if rejected_logits is not None:
             z_rejected = rejected_logits.detach().requires_grad_(True)
             inputs.append(z_rejected)
-            rejected, rejected_tokens = exact_sequence_logps(z_rejected, rejected_labels)
+            rejected, rejected_tokens = sequence_logps(z_rejected, rejected_labels)
         logps = SequenceLogps(chosen, chosen_tokens, rejected, rejected_tokens,
                               ref_chosen, ref_rejected, chosen_prob)
         output = loss(logps, **hparams)
@@ -183,8 +171,8 @@ def sft_residual(logits: Tensor, labels: Tensor) -> Tensor:
 
 def _margin(chosen_logits, chosen_labels, rejected_logits, rejected_labels, ref_chosen, ref_rejected,
             per_token_mean=False):
-    chosen, n_chosen = exact_sequence_logps(chosen_logits.detach(), chosen_labels)
-    rejected, n_rejected = exact_sequence_logps(rejected_logits.detach(), rejected_labels)
+    chosen, n_chosen = sequence_logps(chosen_logits.detach(), chosen_labels)
+    rejected, n_rejected = sequence_logps(rejected_logits.detach(), rejected_labels)
     chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected
     if not per_token_mean:
         return chosen_ratio - rejected_ratio, torch.ones_like(chosen), torch.ones_like(chosen)
