@@ -1,0 +1,1 @@
+"""Benchmarks: each measures against a baseline in the same run."""
