@@ -157,15 +157,17 @@ def db_flush() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.argument("overrides", nargs=-1)
 @click.option("--name", help="Name the run (default: the spec's name).")
 @click.option("--tag", "tags", multiple=True, help="Add a tag (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--resume", "resume_id", type=int, metavar="RUN_ID",
+              help="Continue an interrupted or failed run from its last checkpoint (no SPEC needed).")
 @friendly_errors
-def run(spec: Path, overrides: tuple[str, ...], name: str | None, tags: tuple[str, ...], dry_run: bool,
-        no_progress: bool) -> None:
+def run(spec: Path | None, overrides: tuple[str, ...], name: str | None, tags: tuple[str, ...], dry_run: bool,
+        no_progress: bool, resume_id: int | None) -> None:
     """Run the experiment SPEC (YAML) as a tracked Sacred run.
 
     \b
@@ -177,6 +179,14 @@ def run(spec: Path, overrides: tuple[str, ...], name: str | None, tags: tuple[st
     from ldreg import spec as specs
     from ldreg.registry import get_plugins
 
+    if resume_id is not None:
+        from ldreg.runner import resume_experiment
+
+        result = resume_experiment(resume_id, progress=not no_progress)
+        console.print(f"run {result.run_id} [bold green]COMPLETED[/] after resuming: {result.summary()}")
+        return
+    if spec is None:
+        raise click.UsageError("give a SPEC file (or --resume RUN_ID)")
     items = list(overrides)
     if items and items[0] == "with":
         items = items[1:]

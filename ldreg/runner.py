@@ -230,8 +230,13 @@ def _due(every: int, clock: Clock) -> bool:
 
 
 def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, progress: bool,
-             sink: ObservationSink | None = None) -> dict[str, Any]:
-    """The body of a tracked run: prepare, train with probes, flush; returns the run's result."""
+             sink: ObservationSink | None = None, resume: dict | None = None) -> dict[str, Any]:
+    """The body of a tracked run: prepare, train with probes, flush; returns the run's result.
+
+    With ``resume`` (a checkpoint of this run), training continues where the checkpoint was;
+    observations it recomputes have the same ids as before, so each is stored exactly once.
+    """
+    from ldreg import checkpoint
     from ldreg.store.sink import StoreSink
 
     start = time.perf_counter()
@@ -249,11 +254,15 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
         losses={s.loss: plugins.losses.get(s.loss) for s in spec.stages}, observer=observer,
         log_scalar=ctx.log_scalar, sink=counting, probe_every=spec.probing.every, seed=spec.seed,
         progress=progress, generate_rejected=ResponseSampler(prepared.tokenizer, backend, spec.seed),
+        checkpoint_every=spec.checkpoint_every, checkpointer=lambda state: checkpoint.save(ctx.run_id, state),
     )
+    if resume is not None:
+        ctx.info.setdefault("resumed_at_steps", []).append(resume["clock"]["step"])
     try:
-        clock = trainer.run(spec.stages, prepared.train)
+        clock = trainer.run(spec.stages, prepared.train, resume=resume)
     finally:
         counting.close()  # whatever happened, what was computed is stored (or spooled)
+    checkpoint.discard(ctx.run_id)
     seconds = time.perf_counter() - start
     return {"steps": clock.step, "examples_seen": clock.examples_seen, "observations": counting.count,
             "probe_passes": observer.passes, "probe_seconds": round(observer.seconds, 3),
@@ -286,5 +295,29 @@ def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None,
     run_id, result = run_tracked(
         spec, lambda s, ctx: run_body(s, ctx, plugins=plugins, backend=backend, progress=progress),
         url=url, spec_path=spec_path,
+    )
+    return RunResult(run_id, result or {})
+
+
+def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | None = None) -> RunResult:
+    """Continue run ``run_id`` from its last checkpoint, into the same Sacred run document."""
+    from ldreg import checkpoint
+    from ldreg.spec import parse
+    from ldreg.store.connection import connect, mongo_url
+    from ldreg.store.runs import get_run, truncate_metrics
+    from ldreg.tracking import run_tracked
+
+    plugins = plugins or get_plugins()
+    db = connect()
+    doc = get_run(run_id, db)
+    if doc.get("status") == "COMPLETED":
+        raise SpecError(f"run {run_id} is COMPLETED; nothing to resume")
+    spec = parse(doc["config"], plugins)
+    state = checkpoint.load(run_id)
+    truncate_metrics(run_id, state["clock"]["step"], db)  # steps after the checkpoint are redone
+    backend = resolve_backend(spec.backend, plugins.backends)
+    _, result = run_tracked(
+        spec, lambda s, ctx: run_body(s, ctx, plugins=plugins, backend=backend, progress=progress, resume=state),
+        url=mongo_url(), overwrite=run_id,
     )
     return RunResult(run_id, result or {})

@@ -129,6 +129,7 @@ class ExperimentSpec:
     data: DataSpec = field(default_factory=DataSpec)
     probing: ProbingSpec = field(default_factory=ProbingSpec)
     stages: list[StageSpec] = field(default_factory=list)
+    checkpoint_every: int = field(default=50, metadata=non_negative("must be >= 0 (optimiser steps; 0: never)"))
 
     def validate(self, where: str) -> None:
         if not self.data.source:

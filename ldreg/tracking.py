@@ -43,8 +43,11 @@ Body = Callable[[ExperimentSpec, RunContext], dict[str, Any]]
 
 
 def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | None = None,
-                spec_path: str | Path | None = None, comment: str = "") -> tuple[int, dict[str, Any]]:
+                spec_path: str | Path | None = None, comment: str = "",
+                overwrite: int | None = None) -> tuple[int, dict[str, Any]]:
     """Run ``body`` as a Sacred experiment observed into MongoDB; return (run id, result).
+
+    ``overwrite``: continue the run with this id (``--resume``) instead of starting a new one.
 
     Sacred marks the run FAILED on an exception and INTERRUPTED on Ctrl-C; ``body`` is
     responsible for flushing what it computed before it re-raises (the runner's sink does).
@@ -52,7 +55,7 @@ def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | No
     ex = Experiment(spec.name, save_git_info=False)
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     ex.add_config(spec.to_config())
-    ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(),
+    ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(), overwrite=overwrite,
                                       failure_dir=str(config.home() / "spool" / "sacred")))
 
     @ex.main

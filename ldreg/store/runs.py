@@ -101,6 +101,20 @@ def show_run(run_id: int, db=None) -> dict[str, Any]:
     }
 
 
+def truncate_metrics(run_id: int, after_step: int, db=None) -> int:
+    """Drop the metric points logged after ``after_step`` (a resumed run logs them again)."""
+    db = _db(db)
+    changed = 0
+    for m in db.metrics.find({"run_id": run_id}):
+        keep = [i for i, s in enumerate(m.get("steps", [])) if s <= after_step]
+        if len(keep) == len(m.get("steps", [])):
+            continue
+        db.metrics.update_one({"_id": m["_id"]}, {"$set": {
+            key: [m[key][i] for i in keep] for key in ("steps", "values", "timestamps") if key in m}})
+        changed += 1
+    return changed
+
+
 def delete_run(run_id: int, db=None) -> dict[str, int]:
     """Remove the run document, its metrics, its artifacts and its observations together."""
     import gridfs
