@@ -142,22 +142,22 @@ def probing_sets(spec: ExperimentSpec, train: Sequence[PreferenceExample], test:
         if s.source in ("train", "test"):
             examples = list((train if s.source == "train" else test)[: s.n])
             key = _fingerprint([(e.id, e.prompt, e.chosen, e.rejected) for e in examples],
-                               spec.probing.response_types, s.source, model_path if _needs_model(spec, plugins) else "")
+                               spec.probing.all_types(), s.source, model_path if _needs_model(spec, plugins) else "")
             path = config.cache_dir() / "probing" / f"{s.name}-{key}.jsonl"
             if path.exists():
                 sets.append(ProbingSet.load(path))
                 continue
             ctx = GenerationContext(seed=0, train_pool=train, test_pool=test, model=model, tokenizer=tokenizer)
-            built = build_probing_set(examples, spec.probing.response_types, ctx, plugins.responses, name=s.name)
+            built = build_probing_set(examples, spec.probing.all_types(), ctx, plugins.responses, name=s.name)
             built.save(path)
             sets.append(built)
         else:
-            sets.append(_load_probing_file(s.source, s.name, s.n, spec.probing.response_types))
+            sets.append(_load_probing_file(s.source, s.name, s.n, spec.probing.all_types()))
     return sets
 
 
 def _needs_model(spec: ExperimentSpec, plugins: Plugins) -> bool:
-    return any(plugins.responses.get(t).needs_model for t in spec.probing.response_types)
+    return any(plugins.responses.get(t).needs_model for t in spec.probing.all_types())
 
 
 def _load_probing_file(source: str, name: str, n: int, types: Sequence[str]) -> ProbingSet:
@@ -209,17 +209,24 @@ class ProbeObserver:
         probing = self.spec.probing
         first = next(iter(self.prepared.probe_sets.values()))
         pad = self.prepared.tokenizer.pad_token_id
+        where = dict(step=clock.step, examples_seen=clock.examples_seen, stage=clock.stage,
+                     stage_index=clock.stage_index, probe_set=first.name)
         if probing.influence and _due(probing.influence.every, clock):
-            from ldreg.dynamics.influence import influence_observations
+            from ldreg.dynamics.influence import influence, influence_observations
 
-            for obs in influence_observations(model, first.pairs_by_type, first.example_ids, probing.influence,
-                                              clock=clock, probe_set=first.name, pad_id=pad, backend=self.backend):
+            n = probing.influence.n
+            subset = {t: pairs[:n] for t, pairs in first.pairs_by_type.items()}
+            result = influence(model, subset, first.example_ids[:n], updates=probing.influence.update_types,
+                               observes=list(subset), lr=probing.influence.lr, backend=self.backend,
+                               pad_id=pad, max_tokens_per_batch=probing.max_tokens_per_batch)
+            for obs in influence_observations(result, first.example_ids[:n], **where):
                 self.sink.emit(obs)
         if probing.entk and _due(probing.entk.every, clock):
-            from ldreg.dynamics.entk import entk_observation
+            from ldreg.dynamics.entk import entk_observation, sequence_entk
 
-            self.sink.emit(entk_observation(model, first.pairs_by_type, first.example_ids, probing.entk,
-                                            clock=clock, probe_set=first.name, pad_id=pad))
+            n, rtype = probing.entk.n, probing.entk.response_type
+            result = sequence_entk(model, first.pairs_by_type[rtype][:n])
+            self.sink.emit(entk_observation(result, first.example_ids[:n], response_type=rtype, **where))
 
 
 def _due(every: int, clock: Clock) -> bool:

@@ -102,6 +102,11 @@ class ProbingSpec:
     influence: InfluenceSpec | None = None
     entk: EntkSpec | None = None
 
+    def all_types(self) -> list[str]:
+        """Every response type a probing set must carry: observed, updated on, or in the eNTK."""
+        extra = (self.influence.update_types if self.influence else []) + ([self.entk.response_type] if self.entk else [])
+        return list(dict.fromkeys([*self.response_types, *extra]))
+
 
 @dataclass
 class StageSpec:
@@ -157,11 +162,7 @@ def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
             if key not in defaults:
                 raise SpecError(f"stages[{i}].params.{key}: loss {stage.loss!r} has no such hyper-parameter"
                                 f"{closest(key, defaults)}; it accepts: {', '.join(sorted(defaults)) or 'none'}")
-    wanted = list(spec.probing.response_types)
-    if spec.probing.influence:
-        wanted += spec.probing.influence.update_types
-    if spec.probing.entk:
-        wanted.append(spec.probing.entk.response_type)
+    wanted = spec.probing.all_types()
     for name in wanted:
         if name not in plugins.responses:
             raise SpecError(f"probing.response_types: no response type {name!r}{closest(name, plugins.responses.names())}; "

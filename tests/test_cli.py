@@ -52,6 +52,12 @@ def test_smoke_run_completes_and_is_stored(smoke_run, mongo_client):
     assert {p["response_type"] for p in probes} == {"chosen", "chosen_permuted"}
     assert len(probes) == 2 * 4 and all(len(p["values"]["logp_sum"]) == 8 for p in probes)
     assert db.metrics.find_one({"run_id": run["_id"], "name": "loss"})["steps"] == [1, 2, 3, 4, 5]
+    # before training: the influence matrix (2 update x 2 observe types) and one eNTK Gram
+    influence = list(db.observations.find({"run_id": run["_id"], "kind": "influence"}))
+    assert {(d["update_type"], d["response_type"]) for d in influence} == {
+        (u, o) for u in ("chosen", "chosen_permuted") for o in ("chosen", "chosen_permuted")}
+    entk = db.observations.find_one({"run_id": run["_id"], "kind": "entk"})
+    assert entk["meta"]["n"] == 6 and len(entk["values"]["gram"]) == 36
 
 
 def test_runs_lists_and_shows_the_run(smoke_run, monkeypatch, mongo_server):
