@@ -1,0 +1,159 @@
+"""StoreSink and the spool: every observation stored exactly once, through outages and kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+from pymongo import WriteConcern
+
+from ldreg.observations import Observation
+from ldreg.store.connection import open_client
+from ldreg.store.documents import COLLECTION, bucket_from_observation
+from ldreg.store.sink import StoreSink, flush_spools
+from ldreg.store.spool import Spool
+
+
+def _obs(i: int, n: int = 20) -> Observation:
+    return Observation(
+        kind="probe", step=i // 3, examples_seen=i * 8, stage="sft", stage_index=0, probe_set="train",
+        response_type=("chosen", "rejected", "random")[i % 3], example_ids=list(range(n)),
+        values={"logp_sum": [i + j / 100 for j in range(n)], "prob": [1.0 / (1 + i + j) for j in range(n)]},
+    )
+
+
+def _assert_stored_exactly(db, run_id: int, observations: list[Observation]) -> None:
+    stored = {d["_id"]: d for d in db[COLLECTION].find({"run_id": run_id})}
+    assert len(stored) == len(observations)
+    for obs in observations:
+        doc = stored[bucket_from_observation(run_id, obs)["_id"]]
+        assert doc["values"] == obs.values and doc["example_ids"] == obs.example_ids
+
+
+def _wait_for(condition, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_sink_writes_every_observation(db, tmp_path):
+    observations = [_obs(i) for i in range(300)]
+    with StoreSink(1, db, spool_path=tmp_path / "run-1.jsonl", batch_size=16, queue_size=8) as sink:
+        for obs in observations:
+            sink.emit(obs)
+    assert sink.counts.stored == 300 and sink.counts.left == 0 and sink.spooled == 0
+    _assert_stored_exactly(db, 1, observations)
+    assert not (tmp_path / "run-1.jsonl").exists()
+
+
+def test_emitting_the_same_observation_twice_stores_it_once(db, tmp_path):
+    sink = StoreSink(2, db, spool_path=tmp_path / "s.jsonl")
+    sink.emit(_obs(0))
+    sink.close()
+    sink = StoreSink(2, db, spool_path=tmp_path / "s.jsonl")
+    sink.emit(_obs(0))
+    counts = sink.close()
+    assert counts.duplicates == 1 and counts.stored == 0
+    _assert_stored_exactly(db, 2, [_obs(0)])
+
+
+def test_emit_after_close_is_an_error(db, tmp_path):
+    sink = StoreSink(3, db, spool_path=tmp_path / "s.jsonl")
+    sink.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        sink.emit(_obs(0))
+
+
+def test_unreachable_database_spools_and_flush_stores_it(db, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"mongodb://127.0.0.1:{s.getsockname()[1]}"
+    dead = open_client(dead_url, timeout_s=0.2)
+    spool = tmp_path / "run-4.jsonl"
+    observations = [_obs(i) for i in range(40)]
+    sink = StoreSink(4, dead[db.name], spool_path=spool, batch_size=8, retry_interval_s=0.1)
+    for obs in observations:
+        sink.emit(obs)
+    counts = sink.close()
+    assert counts.stored == 0 and counts.left == 40 == sink.spooled
+    assert Spool(spool).pending() == 40
+    results = flush_spools(db, tmp_path)
+    assert results["run-4.jsonl"].stored == 40 and not spool.exists()
+    _assert_stored_exactly(db, 4, observations)
+
+
+def test_replay_counts_duplicates_and_moves_torn_lines_aside(db, tmp_path):
+    observations = [_obs(i) for i in range(10)]
+    docs = [bucket_from_observation(5, o) for o in observations]
+    db[COLLECTION].insert_many(docs[:4])  # these landed before the server died
+    spool = Spool(tmp_path / "run-5.jsonl")
+    spool.append(docs)
+    with open(spool.path, "a") as f:
+        f.write('{"_id": "half a line')  # the process died mid-write
+    counts = flush_spools(db, tmp_path)["run-5.jsonl"]
+    assert (counts.stored, counts.duplicates, counts.rejected, counts.left) == (6, 4, 1, 0)
+    assert not spool.path.exists() and spool.rejected_path.read_text().startswith('{"_id": "half')
+    _assert_stored_exactly(db, 5, observations)
+
+
+def test_replay_interrupted_by_an_outage_keeps_the_unstored_lines(db, tmp_path):
+    spool = Spool(tmp_path / "run-6.jsonl")
+    docs = [bucket_from_observation(6, _obs(i)) for i in range(10)]
+    spool.append(docs)
+
+    class DiesAfterOneBatch:
+        def __init__(self, collection):
+            self.collection, self.calls = collection, 0
+
+        def insert_many(self, batch, ordered):
+            self.calls += 1
+            if self.calls > 1:
+                from pymongo.errors import AutoReconnect
+
+                raise AutoReconnect("server went away")
+            return self.collection.insert_many(batch, ordered=ordered)
+
+    from pymongo.errors import AutoReconnect
+
+    with pytest.raises(AutoReconnect):
+        spool.replay(DiesAfterOneBatch(db[COLLECTION]), batch_size=4)
+    assert spool.pending() == 6, "the first batch of 4 is stored and gone from the spool"
+    assert spool.replay(db[COLLECTION]).stored == 6
+    assert db[COLLECTION].count_documents({"run_id": 6}) == 10
+
+
+def test_killing_the_server_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path):
+    """SIGKILL the real server while a sink writes, restart it on the same data directory."""
+    from ldreg.store.server import EmbeddedServer
+
+    server = EmbeddedServer(tmp_path / "home")
+    info = server.start()
+    client = open_client(info.url, timeout_s=0.5)
+    db = client["killtest"]
+    observations = [_obs(i, n=100) for i in range(1500)]
+    sink = StoreSink(7, db, spool_path=tmp_path / "run-7.jsonl", batch_size=32, queue_size=64,
+                     retry_interval_s=0.2)
+    try:
+        for obs in observations[:500]:
+            sink.emit(obs)
+        _wait_for(lambda: sink.counts.stored > 0)
+        os.kill(info.pid, signal.SIGKILL)
+        for obs in observations[500:1000]:
+            sink.emit(obs)
+        _wait_for(lambda: sink.spooled > 0)
+        restarted = server.start()
+        assert restarted.port == info.port and restarted.pid != info.pid
+        for obs in observations[1000:]:
+            sink.emit(obs)
+        counts = sink.close()
+        assert counts.left == 0 and sink.spooled > 0
+        assert counts.stored + counts.duplicates >= 1500
+        check = db.with_options(write_concern=WriteConcern(j=True))
+        _assert_stored_exactly(check, 7, observations)
+    finally:
+        client.close()
+        server.stop()
