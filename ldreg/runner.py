@@ -300,8 +300,8 @@ def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None,
     backend = resolve_backend(spec.backend, plugins.backends)
     url = mongo_url()
     run_id, result = run_tracked(
-        spec, lambda s, ctx: run_body(s, ctx, plugins=plugins, backend=backend, progress=progress),
-        url=url, spec_path=spec_path,
+        spec.name, spec.to_config(), lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress),
+        url=url, tags=spec.tags, spec_path=spec_path,
     )
     return RunResult(run_id, result or {})
 
@@ -324,7 +324,8 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
     truncate_metrics(run_id, state["clock"]["step"], db)  # steps after the checkpoint are redone
     backend = resolve_backend(spec.backend, plugins.backends)
     _, result = run_tracked(
-        spec, lambda s, ctx: run_body(s, ctx, plugins=plugins, backend=backend, progress=progress, resume=state),
-        url=mongo_url(), overwrite=run_id,
+        spec.name, spec.to_config(),
+        lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress, resume=state),
+        url=mongo_url(), tags=spec.tags, overwrite=run_id,
     )
     return RunResult(run_id, result or {})

@@ -21,7 +21,6 @@ with warnings.catch_warnings():  # Sacred 0.8.7 imports pkg_resources, which war
     from sacred.utils import apply_backspaces_and_linefeeds
 
 from ldreg import config
-from ldreg.spec import ExperimentSpec
 
 SETTINGS.CAPTURE_MODE = "sys"  # "fd" breaks under pytest's capture and loses tqdm's carriage returns
 SETTINGS.DISCOVER_SOURCES = "imported"
@@ -39,22 +38,22 @@ class RunContext:
     info: dict[str, Any]
 
 
-Body = Callable[[ExperimentSpec, RunContext], dict[str, Any]]
+Body = Callable[[RunContext], dict[str, Any]]
 
 
-def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | None = None,
-                spec_path: str | Path | None = None, comment: str = "",
+def run_tracked(name: str, run_config: dict[str, Any], body: Body, *, url: str, tags: list[str] = (),
+                db_name: str | None = None, spec_path: str | Path | None = None, comment: str = "",
                 overwrite: int | None = None) -> tuple[int, dict[str, Any]]:
-    """Run ``body`` as a Sacred experiment observed into MongoDB; return (run id, result).
+    """Run ``body`` as a Sacred experiment named ``name`` observed into MongoDB; return (run id, result).
 
-    ``overwrite``: continue the run with this id (``--resume``) instead of starting a new one.
-
+    ``run_config`` is what Sacred records as the run's config (an experiment spec as a dict, or a
+    simulation's settings). ``overwrite``: continue the run with this id (``--resume``).
     Sacred marks the run FAILED on an exception and INTERRUPTED on Ctrl-C; ``body`` is
     responsible for flushing what it computed before it re-raises (the runner's sink does).
     """
-    ex = Experiment(spec.name, save_git_info=False)
+    ex = Experiment(name, save_git_info=False)
     ex.captured_out_filter = apply_backspaces_and_linefeeds
-    ex.add_config(spec.to_config())
+    ex.add_config(run_config)
     ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(), overwrite=overwrite,
                                       failure_dir=str(config.home() / "spool" / "sacred")))
 
@@ -62,11 +61,11 @@ def run_tracked(spec: ExperimentSpec, body: Body, *, url: str, db_name: str | No
     def main(_run):
         ctx = RunContext(run_id=_run._id, log_scalar=lambda n, v, s: _run.log_scalar(n, v, s),
                          add_artifact=lambda path, name: _run.add_artifact(path, name=name), info=_run.info)
-        _run.info["tags"] = list(spec.tags)
+        _run.info["tags"] = list(tags)
         if spec_path:
             _run.add_resource(str(spec_path))
-        return body(spec, ctx)
+        return body(ctx)
 
-    run = ex.run(meta_info={"comment": comment, "tags": list(spec.tags)},
-                 options={"--name": spec.name, "--loglevel": "WARNING"})
+    run = ex.run(meta_info={"comment": comment, "tags": list(tags)},
+                 options={"--name": name, "--loglevel": "WARNING"})
     return run._id, run.result
