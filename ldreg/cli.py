@@ -256,3 +256,42 @@ def runs_delete(run_id: int, yes: bool) -> None:
         click.confirm(f"delete run {run_id} and all its observations?", abort=True)
     counts = run_store.delete_run(run_id)
     console.print(f"deleted run {run_id}: {counts}")
+
+
+@runs.command("compare")
+@click.argument("run_ids", nargs=-1, type=int, required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("compare.html"),
+              show_default=True, help="The HTML page to write.")
+@friendly_errors
+def runs_compare(run_ids: tuple[int, ...], out: Path) -> None:
+    """One HTML page comparing RUN_IDS: the standard charts and the config keys that differ."""
+    from ldreg.query.compare import compare_runs
+
+    console.print(f"wrote {compare_runs(list(run_ids), out)}")
+
+
+# -------------------------------------------------------------------------------------- query
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(path_type=Path),
+              help="FILE.html|.png|.svg|.json|.csv|.parquet, or a folder for every format the spec lists.")
+@click.option("--runs", "run_ids", help="Only these run ids, comma-separated (e.g. 12,15).")
+@friendly_errors
+def query(spec: Path, overrides: tuple[str, ...], out: Path | None, run_ids: str | None) -> None:
+    """Run the query SPEC (YAML) over past runs and write its chart or table.
+
+    \b
+    Overrides after `with`, as for `ldreg run`:
+      ldreg query queries/smoke.yaml --out smoke.png with chart.facet=response_type
+    """
+    from ldreg.query.run import run_query
+
+    items = list(overrides)
+    if items and items[0] == "with":
+        items = items[1:]
+    if run_ids:
+        items.append(f"runs={run_ids}")
+    console.print(f"wrote {run_query(spec, out, items)}")
