@@ -32,7 +32,7 @@ import torch
 
 from ldreg.backends import Backend
 from ldreg.dynamics.logprobs import EncodedPair, collate, sequence_logps, shifted
-from ldreg.dynamics.probes import _Precision, probe
+from ldreg.dynamics.probes import ForwardPlacement, probe
 from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
 from ldreg.observations import Observation
 
@@ -99,7 +99,7 @@ class _SavedParameters:
 
 def _sgd_step(model: torch.nn.Module, update: Update, pairs_by_type: Mapping[str, Sequence[EncodedPair]],
               rows: Sequence[int], before: Mapping[str, Mapping[str, np.ndarray]], lr: float,
-              where: _Precision, pad_id: int, params: list[torch.nn.Parameter]) -> np.ndarray:
+              where: ForwardPlacement, pad_id: int, params: list[torch.nn.Parameter]) -> np.ndarray:
     """Apply one SGD step of ``update`` on ``rows``; return ||G_u|| per example (mean over tokens)."""
     b = len(rows)
     pairs = [pairs_by_type[t][i] for t in update.types() for i in rows]
@@ -158,7 +158,7 @@ def influence(model: torch.nn.Module, pairs_by_type: Mapping[str, Sequence[Encod
     if missing:
         raise ValueError(f"response types {missing} are used by the influence matrix but not in the probing "
                          f"set; it has {sorted(pairs_by_type)}")
-    where = _Precision(model, backend, dtype)
+    where = ForwardPlacement(model, backend, dtype)
     probe_kw = dict(backend=backend, dtype=dtype, max_tokens_per_batch=max_tokens_per_batch, pad_id=pad_id)
     before = probe(model, {t: pairs_by_type[t] for t in needed}, example_ids, **probe_kw)
     n = len(example_ids)

@@ -147,7 +147,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-class _Precision:
+class ForwardPlacement:
     """Where and in what precision the probe forward runs (a backend's autocast, else plain)."""
 
     def __init__(self, model: torch.nn.Module, backend: Backend | None, dtype: torch.dtype | None):
@@ -172,7 +172,7 @@ def probe(model: torch.nn.Module, pairs_by_type: Mapping[str, Sequence[EncodedPa
     (needs the same prompt ids for an example across types and a model with a KV cache).
     """
     _check_aligned(pairs_by_type, example_ids)
-    where = _Precision(model, backend, dtype)
+    where = ForwardPlacement(model, backend, dtype)
     was_training = model.training
     model.eval()
     try:
@@ -198,7 +198,7 @@ def _new_sums(n: int, device: torch.device) -> dict[str, Tensor]:
     return {k: torch.zeros(n, dtype=torch.float64, device=device) for k in _SUMS}
 
 
-def _probe_type(model, pairs: list[EncodedPair], where: _Precision, max_tokens: int, pad_id: int,
+def _probe_type(model, pairs: list[EncodedPair], where: ForwardPlacement, max_tokens: int, pad_id: int,
                 chunk_elements: int) -> dict[str, np.ndarray]:
     sums = _new_sums(len(pairs), where.device)
     vocab = 0
@@ -212,7 +212,7 @@ def _probe_type(model, pairs: list[EncodedPair], where: _Precision, max_tokens: 
     return _finish(sums, vocab)
 
 
-def _probe_shared(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: _Precision,
+def _probe_shared(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
                   max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
     """Prompts once (left-padded, KV cached), then all response types of each example in one batch."""
     types = list(pairs_by_type)
