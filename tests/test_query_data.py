@@ -46,3 +46,29 @@ def populate(db) -> None:
                          run_doc(2, "sft-dpo", 1, "dpo", tags=["paper"], minute=2),
                          run_doc(3, "sft-ipo", 0, "ipo", minute=3)])
     db.observations.insert_many([d for r in (1, 2, 3) for d in probe_docs(r)])
+
+
+def influence_docs(run_id: int) -> list[dict]:
+    """Step 0: updating on u changes o by (+1 if u == o else -0.5) + example index / 10."""
+    docs = []
+    for u in ("chosen", "rejected"):
+        for o in ("chosen", "rejected", "random_sentence"):
+            delta = [(1.0 if u == o else -0.5) + i / 10 for i in range(4)]
+            obs = Observation(kind="influence", step=0, examples_seen=0, stage="0-sft", stage_index=0, probe_set="train",
+                              response_type=o, update_type=u, example_ids=[0, 1, 2, 3],
+                              values={"delta_logp": delta, "lbk": [abs(d) for d in delta]}, meta={"lr": 1e-3})
+            docs.append(bucket_from_observation(run_id, obs))
+    return docs
+
+
+def entk_doc(run_id: int) -> dict:
+    gram = [[4.0, 1.0, 0.5], [1.0, 9.0, 2.0], [0.5, 2.0, 1.0]]
+    obs = Observation(kind="entk", step=0, examples_seen=0, stage="0-sft", stage_index=0, probe_set="train",
+                      response_type="chosen", example_ids=[7, 8, 9], values={"gram": [v for row in gram for v in row]},
+                      meta={"n": 3, "mode": "exact"})
+    return bucket_from_observation(run_id, obs)
+
+
+def populate_all(db) -> None:
+    populate(db)
+    db.observations.insert_many(influence_docs(1) + [entk_doc(1)])

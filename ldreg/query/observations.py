@@ -23,7 +23,8 @@ import pandas as pd
 
 from ldreg.query.errors import QueryError
 from ldreg.query.labels import run_labels, seed_groups
-from ldreg.query.pipeline import OBSERVATIONS, Aggregation, Pick, curve_pipeline, recorded
+from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, anchors_pipeline, curve_pipeline, recorded,
+                                  summarise_pipeline)
 from ldreg.query.select import RunInfo
 from ldreg.registry import closest
 
@@ -63,9 +64,11 @@ def series_label(pick: Pick, response_type: str, update_type: str | None = None)
 
 
 def _stage_anchor(runs: Sequence[RunInfo], align: int | str) -> dict[int, int]:
-    """Run id -> the index of the stage to align at: an index as given, or the first stage with that loss/name."""
+    """Run id -> the stage index to align at: an index as given, "last", or the first stage with that loss/name."""
     if isinstance(align, int):
         return {r.id: align for r in runs}
+    if align == "last":
+        return {r.id: max(len(r.config.get("stages") or []) - 1, 0) for r in runs}
     anchor = {}
     for run in runs:
         stages = run.config.get("stages") or []
@@ -81,20 +84,27 @@ def _stage_anchor(runs: Sequence[RunInfo], align: int | str) -> dict[int, int]:
     return anchor
 
 
-def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe") -> None:
-    """Raise QueryError naming what the pick asks for and no selected run recorded."""
+def _kinds(db, ids: Sequence[int]) -> list[str]:
+    return sorted(row["_id"] for row in db[OBSERVATIONS].aggregate([
+        {"$match": {"run_id": {"$in": list(ids)}}}, {"$group": {"_id": "$kind"}}]))
+
+
+def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", summarised: bool = False) -> None:
+    """Raise QueryError naming what the pick asks for and no selected run recorded.
+
+    Before summarising: the kind and the quantity (from one bucket); after: the rest.
+    """
     ids = [r.id for r in runs]
-    have = recorded(db, ids, pick.kind)
+    have = recorded(db, ids, pick.kind, pick.quantity if summarised else None)
     run_list = ", ".join(f"#{i}" for i in ids)
-    if not have.response_types:
-        kinds = sorted(row["_id"] for row in db[OBSERVATIONS].aggregate([
-            {"$match": {"run_id": {"$in": ids}}}, {"$group": {"_id": "$kind"}}]))
+    if not have.quantities:
         raise QueryError(f"{where}.kind: no selected run ({run_list}) recorded {pick.kind!r} observations; "
-                         f"they recorded: {', '.join(kinds) or 'nothing (did the runs store observations?)'}")
-    checks = [("response_types", pick.response_types, have.response_types),
-              ("update_types", pick.update_types, have.update_types),
-              ("probe_set", [pick.probe_set] if pick.probe_set is not None else None, have.probe_sets),
-              ("quantity", [pick.quantity], have.quantities)]
+                         f"they recorded: {', '.join(_kinds(db, ids)) or 'nothing (did the runs store observations?)'}")
+    checks = [("quantity", [pick.quantity], have.quantities)]
+    if summarised:
+        checks += [("response_types", pick.response_types, have.response_types),
+                   ("update_types", pick.update_types, have.update_types),
+                   ("probe_set", [pick.probe_set] if pick.probe_set is not None else None, have.probe_sets)]
     for name, wanted, there in checks:
         for value in wanted or []:
             if value not in there:
@@ -112,21 +122,67 @@ def t_interval(mean: pd.Series, std: pd.Series, n: pd.Series, confidence: float)
     return mean - half, mean + half
 
 
+SUMMARISED = "observation_stats_runs"  # per (run, kind, quantity): how many buckets are summarised
+FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")
+
+
+def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> int:
+    """Summarise, in the server, every bucket of these runs not summarised yet; return how many.
+
+    A finished run summarised once is trusted without recounting (its buckets no longer change);
+    a running one is recounted and only its new buckets are summarised.
+    """
+    stats, marks = db[STATS], db[SUMMARISED]
+    known = {m["_id"]: m for m in marks.find({"_id": {"$in": [f"{r.id}|{kind}|{quantity}" for r in runs]}})}
+    done = 0
+    for run in runs:
+        key = f"{run.id}|{kind}|{quantity}"
+        mark = known.get(key)
+        fresh = mark is not None and mark.get("run_start") == run.start_time
+        if fresh and mark.get("finished"):
+            continue
+        mine = {"run_id": run.id, "kind": kind, "quantity": quantity}
+        if not fresh:
+            stats.delete_many(mine)
+        have = mark.get("buckets", 0) if fresh else 0
+        total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
+        if total != have:
+            skip = [d["bucket"] for d in stats.find(mine, {"bucket": 1, "_id": 0})] if have else []
+            list(db[OBSERVATIONS].aggregate(summarise_pipeline(run.id, kind, quantity, run.start_time, skip),
+                                            allowDiskUse=True))
+            done += total - have
+        marks.replace_one({"_id": key}, {"_id": key, "buckets": total, "run_start": run.start_time,
+                                         "finished": run.status in FINISHED}, upsert=True)
+    if done:
+        stats.create_index(["run_id", "kind", "quantity", "response_type", "step"])
+    return done
+
+
+def _anchors(db, runs: Sequence[RunInfo], pick: Pick, align: int | str) -> dict[tuple[int, int | None], float]:
+    per_stage = align == "stage"
+    anchor_stage = None if per_stage else _stage_anchor(runs, align)
+    rows = db[STATS].aggregate(anchors_pipeline([r.id for r in runs], pick.kind, pick.quantity, anchor_stage))
+    return {(row["_id"]["run"], row["_id"]["stage"] if per_stage else None): row["start"] for row in rows}
+
+
 def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation: Aggregation | None = None,
                  check: bool = True) -> pd.DataFrame:
     """The tidy frame of every pick over the selected runs, aggregated in the database."""
     aggregation = aggregation or Aggregation()
     ids = [r.id for r in runs]
     labels = seed_groups(runs) if aggregation.seeds else run_labels(runs)
-    anchor = None
     if aggregation.align not in (None, "stage"):
-        anchor = _stage_anchor(runs, aggregation.align)
+        _stage_anchor(runs, aggregation.align)  # a stage no run has is an error before any work
     frames = []
     for i, pick in enumerate(picks):
         if check:
             check_pick(db, runs, pick, f"observe[{i}]")
-        pipeline = curve_pipeline(ids, pick, aggregation, anchor_stage=anchor, group_of=labels)
-        rows = list(db[OBSERVATIONS].aggregate(pipeline, allowDiskUse=True))
+        ensure_summaries(db, runs, pick.kind, pick.quantity)
+        if check:
+            check_pick(db, runs, pick, f"observe[{i}]", summarised=True)
+        anchors = _anchors(db, runs, pick, aggregation.align) if aggregation.align is not None else None
+        pipeline = curve_pipeline(ids, pick, aggregation, anchors=anchors, group_of=labels)
+        rows = list(db[STATS].aggregate(pipeline, allowDiskUse=True))
         if not rows:
             continue
         frame = pd.DataFrame(rows)
@@ -141,6 +197,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     frame["ci_low"], frame["ci_high"] = t_interval(frame["mean"], frame["std"], frame["n"], aggregation.confidence)
     extra = [c for c in ("n_examples",) if c in frame]
+    frame = frame.sort_values(["quantity", "run_id", "response_type", "stage_index", "step"], kind="stable")
     return frame[COLUMNS + extra].reset_index(drop=True)
 
 

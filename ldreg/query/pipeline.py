@@ -1,9 +1,10 @@
 """The MongoDB aggregation pipelines behind every curve: statistics computed where the data lives.
 
-A probe bucket holds one array per quantity (500 floats for the authors' probing set). The
+A probe bucket holds one array per quantity (500 floats for the authors' probing set). A first
 pipeline reduces each bucket to mean, median, sample std and count inside the server (array
-operators, no $unwind), so only one small row per (run, step, response type) crosses the wire.
-Optional stages, all in the server too: the step of a stage's start (``$setWindowFields``) to
+operators, no $unwind) and ``$merge``s the result into ``observation_stats``, once per bucket
+and quantity: buckets never change, so later queries read only these small summaries, and a
+run still in progress gets only its new buckets summarised. Then, all in the server too: the step of a stage's start (``$setWindowFields``) to
 align runs, a ``$group`` across runs that differ only in their seed, and an exponential moving
 average (``$expMovingAvg``). Non-finite values (NaN, ±inf, null) are left out of every statistic.
 The confidence interval needs a t quantile, so it is added afterwards from (mean, std, n).
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 OBSERVATIONS = "observations"
+STATS = "observation_stats"  # one summary per (bucket, quantity): see summarise_pipeline
 KEY_FIELDS = ("stage_index", "step", "probe_set", "response_type", "update_type")
 
 
@@ -53,8 +55,8 @@ class Aggregation:
     """How buckets become curve points.
 
     ``seeds``: pool runs that differ only in their seed (statistics across the per-run means).
-    ``align``: ``null`` (x = examples seen), ``stage`` (each stage's x starts at 0), or a stage
-    index or loss name (x = 0 where that stage begins in each run, e.g. ``dpo`` lines up
+    ``align``: ``null`` (x = examples seen), ``stage`` (each stage's x starts at 0), ``last``
+    (each run's last stage), or a stage index or loss name (x = 0 where that stage begins in each run, e.g. ``dpo`` lines up
     SFT-then-DPO runs where DPO starts; earlier stages get negative x).
     ``ema``: smoothing weight w in [0, 1): s_t = w s_(t-1) + (1 - w) x_t, restarted at each
     stage (the authors' and TensorBoard's form; 0 or null: none).
@@ -109,14 +111,42 @@ def _median(sorted_path: str, n_path: str) -> dict[str, Any]:
                       None]}
 
 
+def _is_finite(expr: Any) -> dict[str, Any]:
+    return {"$and": [{"$gt": [expr, float("-inf")]}, {"$lt": [expr, float("inf")]}]}
+
+
 def bucket_stats_stages(quantity: str) -> list[dict[str, Any]]:
-    """Per bucket: n, mean, sample std and median of ``values.<quantity>`` over its examples."""
-    keep = {f: 1 for f in ("run_id", "stage", "examples_seen") + KEY_FIELDS}
+    """Per bucket: n, mean, sample std and median of ``values.<quantity>`` over its examples.
+
+    Filtering element by element is slow in a server that evaluates expressions one at a time,
+    so the array is filtered only when its plain mean shows a NaN or an infinity in it.
+    """
+    keep = {f: 1 for f in ("run_id", "kind", "stage", "examples_seen") + KEY_FIELDS}
+    raw = f"$values.{quantity}"
     return [
-        {"$project": {**keep, "xs": _finite(f"$values.{quantity}")}},
+        {"$project": {**keep, "raw": {"$ifNull": [raw, []]}, "plain": {"$avg": raw}}},
+        {"$project": {**keep, "xs": {"$cond": [_is_finite("$plain"), "$raw", _finite("$raw")]}}},
         {"$project": {**keep, "n": {"$size": "$xs"}, "mean": {"$avg": "$xs"}, "std": {"$stdDevSamp": "$xs"},
                       "sorted": {"$sortArray": {"input": "$xs", "sortBy": 1}}}},
         {"$project": {**keep, "n": 1, "mean": 1, "std": 1, "median": _median("$sorted", "$n")}},
+    ]
+
+
+def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]) -> list[dict[str, Any]]:
+    """Summarise one run's buckets of ``kind`` not yet summarised into STATS ($merge).
+
+    A summary's ``_id`` is its bucket's id and the quantity; ``run_start`` ties it to the run
+    (Sacred reuses the id of a deleted latest run, so a summary of the old run must not pass).
+    """
+    match: dict[str, Any] = {"run_id": int(run_id), "kind": kind}
+    if skip:
+        match["_id"] = {"$nin": list(skip)}
+    return [
+        {"$match": match},
+        *bucket_stats_stages(quantity),
+        {"$addFields": {"bucket": "$_id", "quantity": quantity, "run_start": run_start,
+                        "_id": {"$concat": ["$_id", "|", quantity]}}},
+        {"$merge": {"into": STATS, "on": "_id", "whenMatched": "replace", "whenNotMatched": "insert"}},
     ]
 
 
@@ -126,24 +156,33 @@ def _by_run(values: Mapping[int, Any], default: Any = None) -> dict[str, Any]:
                         "default": default}}
 
 
-def align_stages(anchor_stage: Mapping[int, int] | None) -> list[dict[str, Any]]:
-    """x = examples_seen minus the first examples_seen of the anchor stage (per run, or per stage).
+def anchored_x(anchors: Mapping[tuple[int, int | None], float]) -> Any:
+    """examples_seen minus the anchor of the row's run (key (run, None)) or of its run and stage.
 
-    ``anchor_stage``: run id -> the stage index whose start is x = 0; ``None``: each stage's own.
-    A run without that stage keeps x = examples_seen.
+    Anchors come from one cheap $group beforehand (``anchors_pipeline``): a window over each
+    run would cost a pass over the partition per row on a server that evaluates row by row.
+    A run without an anchor keeps x = examples_seen.
     """
-    if anchor_stage is None:
-        partition: Any = {"run_id": "$run_id", "stage_index": "$stage_index"}
-        start: Any = "$examples_seen"
-    else:
-        partition = "$run_id"
-        start = {"$cond": [{"$eq": ["$stage_index", _by_run(anchor_stage, -1)]}, "$examples_seen", None]}
-    return [
-        {"$setWindowFields": {"partitionBy": partition, "sortBy": {"step": 1},
-                              "output": {"anchor": {"$min": start, "window": {"documents": ["unbounded", "unbounded"]}}}}},
-        {"$addFields": {"x": {"$subtract": ["$examples_seen", {"$ifNull": ["$anchor", 0]}]}}},
-        {"$project": {"anchor": 0}},
-    ]
+    per_stage = any(stage is not None for _, stage in anchors)
+    branches = []
+    for (run, stage), start in anchors.items():
+        case: Any = {"$eq": ["$run_id", int(run)]}
+        if per_stage:
+            case = {"$and": [case, {"$eq": ["$stage_index", int(stage)]}]}
+        branches.append({"case": case, "then": start})
+    if not branches:
+        return "$examples_seen"
+    return {"$subtract": ["$examples_seen", {"$switch": {"branches": branches, "default": 0}}]}
+
+
+def anchors_pipeline(run_ids: Sequence[int], kind: str, quantity: str, anchor_stage: Mapping[int, int] | None
+                     ) -> list[dict[str, Any]]:
+    """Each run's first examples_seen in its anchor stage (or, with None, in every stage)."""
+    match: dict[str, Any] = {"run_id": {"$in": [int(r) for r in run_ids]}, "kind": kind, "quantity": quantity}
+    if anchor_stage is not None:
+        match["$or"] = [{"run_id": int(r), "stage_index": int(i)} for r, i in anchor_stage.items()]
+    return [{"$match": match},
+            {"$group": {"_id": {"run": "$run_id", "stage": "$stage_index"}, "start": {"$min": "$examples_seen"}}}]
 
 
 def across_seed_stages(group_of: Mapping[int, str]) -> list[dict[str, Any]]:
@@ -172,22 +211,21 @@ def ema_stages(weight: float, series: str) -> list[dict[str, Any]]:
 
 
 def curve_pipeline(run_ids: Sequence[int], pick: Pick, aggregation: Aggregation, *,
-                   anchor_stage: Mapping[int, int] | None = None, group_of: Mapping[int, str] | None = None
-                   ) -> list[dict[str, Any]]:
-    """The whole pipeline for one pick: match, per-bucket stats, align, pool seeds, smooth, sort."""
-    stages = [match_stage(run_ids, pick), *bucket_stats_stages(pick.quantity)]
-    if aggregation.align is not None:
-        stages += align_stages(None if aggregation.align == "stage" else anchor_stage)
-    else:
-        stages.append({"$addFields": {"x": "$examples_seen"}})
+                   anchors: Mapping[tuple[int, int | None], float] | None = None,
+                   group_of: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """One pick's curves from the per-bucket summaries (STATS): match and align, pool seeds, smooth."""
+    match = match_stage(run_ids, pick)
+    match["$match"]["quantity"] = pick.quantity
+    x = anchored_x(anchors or {}) if aggregation.align is not None else "$examples_seen"
+    fields = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
+    stages = [match, {"$project": {"_id": 0, "x": x, **{f: 1 for f in fields}}}]
     series = "run_id"
     if aggregation.seeds:
         stages += across_seed_stages(group_of or {})
         series = "group"
     if aggregation.ema:
         stages += ema_stages(aggregation.ema, series)
-    stages.append({"$sort": {series: 1, "response_type": 1, "update_type": 1, "step": 1, "stage_index": 1}})
-    return stages
+    return stages  # sorted by the caller: a $sort is a full extra pass on a row-by-row server
 
 
 @dataclass
@@ -201,11 +239,20 @@ class Recorded:
     quantities: set[str] = field(default_factory=set)
 
 
-def recorded(db, run_ids: Sequence[int], kind: str) -> Recorded:
-    """One small $group over the indexed fields; quantities from one bucket's value names."""
+def recorded(db, run_ids: Sequence[int], kind: str, quantity: str | None = None) -> Recorded:
+    """What the runs hold of ``kind``. With ``quantity`` (already summarised) the small summaries
+    are grouped, else the buckets themselves; the quantities come from one bucket's value names."""
+    ids = [int(r) for r in run_ids]
     out = Recorded()
-    for row in db[OBSERVATIONS].aggregate([
-        {"$match": {"run_id": {"$in": [int(r) for r in run_ids]}, "kind": kind}},
+    first = db[OBSERVATIONS].find_one({"run_id": {"$in": ids}, "kind": kind}, {"values": 1})
+    if first is None:
+        return out
+    out.quantities.update(first.get("values") or {})
+    source, match = db[OBSERVATIONS], {"run_id": {"$in": ids}, "kind": kind}
+    if quantity is not None:
+        source, match = db[STATS], {**match, "quantity": quantity}
+    for row in source.aggregate([
+        {"$match": match},
         {"$group": {"_id": {"r": "$response_type", "p": "$probe_set", "u": "$update_type", "s": "$stage"}}},
     ]):
         key = row["_id"]
@@ -214,11 +261,4 @@ def recorded(db, run_ids: Sequence[int], kind: str) -> Recorded:
         out.stages.add(key.get("s"))
         if key.get("u") is not None:
             out.update_types.add(key["u"])
-    if out.response_types:
-        for row in db[OBSERVATIONS].aggregate([
-            {"$match": {"run_id": {"$in": [int(r) for r in run_ids]}, "kind": kind}}, {"$limit": 1},
-            {"$project": {"names": {"$objectToArray": "$values"}}},
-            {"$project": {"names": {"$map": {"input": "$names", "in": "$$this.k"}}}},
-        ]):
-            out.quantities.update(row["names"])
     return out

@@ -1,0 +1,59 @@
+"""Shared styling for every ldreg chart: one look, readable at a glance and in print.
+
+Fonts large enough for a slide, light grid, legends that wrap long run labels, the colour
+conventions of the paper (blue pulls up, orange pushes down), axis titles with units, and the
+tooltip fields every point carries.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+FONT = "Helvetica, Arial, sans-serif"
+PANEL_WIDTH = 280
+PANEL_HEIGHT = 190
+CATEGORY_SCHEME = "tableau10"
+DIVERGING_SCHEME = "blueorange"  # reversed below: positive (a pull-up) is blue, negative orange, as in the paper
+SEQUENTIAL_SCHEME = "viridis"
+
+X_TITLES = {
+    "x": "examples seen",
+    "examples_seen": "examples seen",
+    "step": "optimiser steps",
+}
+
+
+def x_title(x: str, align: int | str | None) -> str:
+    """``examples seen`` or, when aligned, ``examples seen since <stage> began``."""
+    if x != "x" or align is None:
+        return X_TITLES.get(x, x)
+    if align == "stage":
+        return "examples seen in each stage"
+    return f"examples seen since stage {align} began" if isinstance(align, int) else f"examples seen since {align} began"
+
+
+def configure(chart: alt.TopLevelMixin, title: str | None = None, subtitle: str | None = None) -> alt.TopLevelMixin:
+    """Apply ldreg's look (and the title) to a finished chart."""
+    if title:
+        chart = chart.properties(title=alt.TitleParams(title, subtitle=subtitle or [], anchor="start", fontSize=16,
+                                                       subtitleFontSize=12, subtitleColor="#555"))
+    return (chart
+            .configure(font=FONT, background="white", padding=12)
+            .configure_axis(labelFontSize=11, titleFontSize=12, gridColor="#e8e8e8", domainColor="#888",
+                            tickColor="#888", titleFontWeight="normal")
+            .configure_header(labelFontSize=12, labelFontWeight="bold", titleFontSize=12, labelLimit=320)
+            .configure_legend(labelFontSize=11, titleFontSize=12, labelLimit=420, symbolStrokeWidth=3,
+                              orient="bottom")
+            .configure_view(stroke="#ccc"))
+
+
+def legend_columns(labels: pd.Series) -> int:
+    """Short labels fit side by side; long run labels get a line each."""
+    longest = max((len(str(v)) for v in labels.unique()), default=0)
+    return 1 if longest > 40 else 2 if longest > 20 else 4
+
+
+def number_format(values: pd.Series) -> str:
+    """d3 format for tooltips and cell labels: 3 significant digits, plain for typical log-probs."""
+    return ".3~g" if values.abs().max(skipna=True) < 1e-2 or values.abs().max(skipna=True) >= 1e5 else ".2f"

@@ -1,0 +1,76 @@
+"""Learning curves: a statistic of each series against examples seen, with its confidence band.
+
+The paper's Figures 3, 4, 5 and 17 are all this chart with different choices of what is a panel
+(``facet``: a response type/series, a stage, a run) and what is a colour (``color``: a run, a
+series, or any column such as a config key added to the frame). A dashed rule marks x = 0 when
+the runs are aligned at a stage's start.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import altair as alt
+import pandas as pd
+
+from ldreg.query.charts.common import (CATEGORY_SCHEME, PANEL_HEIGHT, PANEL_WIDTH, configure, legend_columns,
+                                       number_format, x_title)
+from ldreg.query.observations import quantity_label
+
+FACETS = ("series", "response_type", "stage", "run", "quantity", "none")
+COLOR_TITLES = {"run": "run", "series": "response", "response_type": "response", "stage": "stage"}
+
+
+def y_title(frame: pd.DataFrame, y: str) -> str:
+    quantities = frame["quantity"].unique() if "quantity" in frame else []
+    stat = "" if y == "mean" else f"{y} of "
+    if len(quantities) == 1:
+        return stat + quantity_label(quantities[0])
+    return stat + "value (nats)" if set(quantities) <= {"logp_sum", "argmax_logp", "logp_mean"} else stat + "value"
+
+
+def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "series", x: str = "x", y: str = "mean",
+                 band: bool = True, columns: int = 3, align: int | str | None = None, title: str | None = None,
+                 subtitle: str | None = None, order: Sequence[str] | None = None, independent_y: bool = True,
+                 width: int = PANEL_WIDTH, height: int = PANEL_HEIGHT) -> alt.TopLevelMixin:
+    """One line per colour value in each panel, the ``ci_low``-``ci_high`` band behind it.
+
+    ``y``: "mean" (with the band) or "median". ``order``: the panels' order (default: as first seen).
+    """
+    if frame.empty:
+        raise ValueError("nothing to draw: the frame is empty")
+    data = frame.copy()
+    data["update_type"] = data["update_type"].astype(object).where(data["update_type"].notna(), "")
+    fmt = number_format(data[y])
+    legend = alt.Legend(title=COLOR_TITLES.get(color, color), columns=legend_columns(data[color]), symbolType="stroke")
+    domain = list(dict.fromkeys(data[color]))
+    colour = alt.Color(f"{color}:N", legend=legend, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
+    band_colour = alt.Color(f"{color}:N", legend=None, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
+    x_enc = alt.X(f"{x}:Q", title=x_title(x, align), axis=alt.Axis(tickCount=6, format="~s"))
+    tooltip = [alt.Tooltip("run:N"), alt.Tooltip("series:N", title="response"), alt.Tooltip("stage:N"),
+               alt.Tooltip("step:Q"), alt.Tooltip("examples_seen:Q", title="examples seen"),
+               alt.Tooltip(f"{y}:Q", format=fmt), alt.Tooltip("ci_low:Q", format=fmt, title="CI low"),
+               alt.Tooltip("ci_high:Q", format=fmt, title="CI high"), alt.Tooltip("n:Q")]
+    # One line per run, series and stage: a stage's end and the next one's start are separate points.
+    detail = alt.Detail("line_id:N")
+    data["line_id"] = data["run"].astype(str) + "|" + data["series"] + "|" + data["stage_index"].astype(str)
+    base = alt.Chart()
+    layers = []
+    if band and y == "mean" and data["ci_low"].notna().any():
+        layers.append(base.mark_area(opacity=0.18).encode(x=x_enc, y=alt.Y("ci_low:Q"), y2="ci_high:Q",
+                                                          color=band_colour, detail=detail))
+    layers.append(base.mark_line(strokeWidth=2).encode(
+        x=x_enc, y=alt.Y(f"{y}:Q", title=y_title(data, y), scale=alt.Scale(zero=False)), color=colour, detail=detail))
+    layers.append(base.mark_point(size=28, filled=True, opacity=0).encode(x=x_enc, y=f"{y}:Q", tooltip=tooltip))
+    if x == "x" and align is not None and align != "stage" and data[x].min() < 0:
+        layers.append(base.transform_aggregate(rows="count()").mark_rule(strokeDash=[4, 4], color="#666")
+                      .encode(x=alt.datum(0)))
+    chart = alt.layer(*layers, data=data).properties(width=width, height=height)
+    if facet != "none":
+        if facet not in data:
+            raise ValueError(f"cannot facet by {facet!r}; use one of {', '.join(FACETS)}")
+        panels = list(order) if order else list(dict.fromkeys(data[facet]))
+        chart = chart.facet(facet=alt.Facet(f"{facet}:N", sort=panels, title=None), columns=columns)
+        if independent_y:
+            chart = chart.resolve_scale(y="independent")
+    return configure(chart, title, subtitle)

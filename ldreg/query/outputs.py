@@ -1,0 +1,121 @@
+"""Writing a chart and its data: self-contained HTML, PNG, SVG, the Vega-Lite JSON, CSV, Parquet.
+
+HTML embeds Vega, Vega-Lite and vega-embed (vl-convert's bundle), so a page opens offline and
+years later; ``assert_offline`` checks that nothing in it is fetched from a CDN.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import altair as alt
+import pandas as pd
+
+from ldreg.query.errors import QueryError
+
+FORMATS = ("html", "png", "svg", "json", "csv", "parquet")
+PNG_SCALE = 2.0
+_FETCHED = re.compile(r"<script[^>]+src\s*=|<link[^>]+href\s*=\s*[\"']https?:|cdn\.jsdelivr|unpkg\.com|cdnjs", re.IGNORECASE)
+
+
+def check_formats(formats: Sequence[str], where: str = "formats") -> list[str]:
+    out = []
+    for fmt in formats:
+        fmt = fmt.lower().lstrip(".")
+        if fmt not in FORMATS:
+            raise QueryError(f"{where}: unsupported output format {fmt!r}; supported: {', '.join(FORMATS)}")
+        out.append(fmt)
+    return out
+
+
+def targets(out: str | Path, name: str, formats: Sequence[str]) -> dict[str, Path]:
+    """Where each format goes: ``out`` with a format's suffix is that one file; else a folder of all."""
+    out = Path(out)
+    if out.suffix and not out.is_dir():
+        (fmt,) = check_formats([out.suffix], f"output {out}")
+        return {fmt: out}
+    return {fmt: out / f"{name}.{fmt}" for fmt in check_formats(formats)}
+
+
+def assert_offline(page: str) -> None:
+    """Raise if the page would fetch scripts or styles from the network."""
+    match = _FETCHED.search(page)
+    if match:
+        raise AssertionError(f"the HTML fetches from the network: {match.group(0)!r}")
+
+
+def inline_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script, for Altair's Vega-Lite version."""
+    import vl_convert
+    from altair.utils._importers import vl_version_for_vl_convert
+
+    return vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
+
+
+def page(title: str, blocks: Sequence[str | alt.TopLevelMixin], intro: str = "") -> str:
+    """One self-contained HTML page: headings/tables (HTML strings) and charts, in order."""
+    parts, scripts = [], []
+    for i, block in enumerate(blocks):
+        if isinstance(block, str):
+            parts.append(block)
+        else:
+            parts.append(f'<div id="chart{i}" class="chart"></div>')
+            scripts.append(f"vegaEmbed('#chart{i}', {block.to_json(indent=None)}, {{actions: true}}).catch(console.error);")
+    body = "\n".join(parts)
+    script = "\n".join(scripts)
+    text = f"""<!DOCTYPE html>
+<html><head><meta charset="UTF-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: Helvetica, Arial, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; margin: 8px 0 24px; font-size: 13px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+th {{ background: #f3f3f3; }} .chart {{ margin: 12px 0 28px; }} .note {{ color: #555; }}
+</style>
+<script type="text/javascript">
+{inline_bundle()}
+</script></head>
+<body><h1>{html.escape(title)}</h1>
+{intro}
+{body}
+<script type="text/javascript">
+{script}
+</script>
+</body></html>
+"""
+    assert_offline(text)
+    return text
+
+
+def write(chart: alt.TopLevelMixin, frame: pd.DataFrame, where: dict[str, Path]) -> list[Path]:
+    """Every requested format, each file complete before the next (parents created)."""
+    written = []
+    for fmt, path in where.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "html":
+            chart.save(str(path), format="html", inline=True)
+            assert_offline(path.read_text())
+        elif fmt == "png":
+            chart.save(str(path), format="png", scale_factor=PNG_SCALE)
+        elif fmt == "svg":
+            chart.save(str(path), format="svg")
+        elif fmt == "json":
+            path.write_text(json.dumps(chart.to_dict(), indent=1))
+        elif fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif fmt == "parquet":
+            _parquet_safe(frame).to_parquet(path, index=False)
+        written.append(path)
+    return written
+
+
+def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns holding None and strings become plain strings with nulls, which Parquet types."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].astype("string")
+    return out
