@@ -51,6 +51,7 @@ when where which while whom whose will with within without would your yours your
 class PrefsRecipe:
     """How many pairs, from which files, of what length, with which seed."""
 
+    version: int = 2  # bumped when the builder changes, so cached files are rebuilt
     n_pairs: int = 1000
     min_words: int = 6
     max_words: int = 24
@@ -91,8 +92,10 @@ def _index(sentences: list[str], recipe: PrefsRecipe) -> dict[str, list[int]]:
 
 
 def build_pairs(preferred: list[str], rejected: list[str], recipe: PrefsRecipe) -> list[dict]:
-    """``n_pairs`` rows {prompt, chosen, rejected, keyword}, no sentence used twice."""
+    """``n_pairs`` rows {prompt, chosen, rejected, keyword}; no sentence used twice or on both sides."""
     rng = random.Random(recipe.seed)
+    in_both = set(preferred) & set(rejected)  # some quotations are filed twice (e.g. cookie, wisdom)
+    rejected = [s for s in rejected if s not in in_both]
     good, bad = _index(preferred, recipe), _index(rejected, recipe)
     shared = sorted(set(good) & set(bad))
     rng.shuffle(shared)
