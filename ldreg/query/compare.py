@@ -18,7 +18,7 @@ from ldreg.query.charts.curves import curves_chart
 from ldreg.query.charts.heatmaps import entk_heatmap, influence_heatmap
 from ldreg.query.errors import QueryError
 from ldreg.query.labels import differing_keys, flatten, run_labels
-from ldreg.query.observations import curves_frame, entk_matrix
+from ldreg.query.observations import curves_frame, ensure_summaries, entk_matrix
 from ldreg.query.pipeline import Aggregation, Pick, recorded
 from ldreg.query.select import RunInfo, select_runs
 
@@ -60,7 +60,9 @@ def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
     align = "last" if all(len(r.config.get("stages") or []) > 1 for r in runs) else None
 
     probes = recorded(db, run_ids, "probe")
-    if probes.response_types:
+    if probes.quantities:
+        ensure_summaries(db, runs, "probe", "logp_sum")
+        probes = recorded(db, run_ids, "probe", "logp_sum")
         probe_set = _probe_set(probes)
         picks = [Pick(response_types=sorted(probes.response_types), probe_set=probe_set)]
         if "argmax_logp" in probes.quantities and "chosen" in probes.response_types:
@@ -73,8 +75,7 @@ def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
     else:
         notes.append("no probe observations")
 
-    influence = recorded(db, run_ids, "influence")
-    if influence.response_types:
+    if recorded(db, run_ids, "influence").quantities:
         frame = curves_frame(db, runs, [Pick(kind="influence", quantity="delta_logp", probe_set=None)], check=False)
         blocks.append("<h2>One-step influence</h2>")
         blocks.append(influence_heatmap(frame, at="first", title="Δ log π(y_o) after one step on y_u",

@@ -187,6 +187,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
             continue
         frame = pd.DataFrame(rows)
         frame["quantity"] = pick.quantity
+        frame["pick"] = i
         frame["series"] = [series_label(pick, r, u) for r, u in zip(frame["response_type"], frame["update_type"])]
         frames.append(frame)
     if not frames:
@@ -197,7 +198,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     frame["ci_low"], frame["ci_high"] = t_interval(frame["mean"], frame["std"], frame["n"], aggregation.confidence)
     extra = [c for c in ("n_examples",) if c in frame]
-    frame = frame.sort_values(["quantity", "run_id", "response_type", "stage_index", "step"], kind="stable")
+    frame = frame.sort_values(["pick", "run_id", "response_type", "stage_index", "step"], kind="stable")
     return frame[COLUMNS + extra].reset_index(drop=True)
 
 

@@ -240,18 +240,22 @@ class Recorded:
 
 
 def recorded(db, run_ids: Sequence[int], kind: str, quantity: str | None = None) -> Recorded:
-    """What the runs hold of ``kind``. With ``quantity`` (already summarised) the small summaries
-    are grouped, else the buckets themselves; the quantities come from one bucket's value names."""
+    """What the runs hold of ``kind``: the quantities from one bucket's value names and, given a
+    ``quantity`` already summarised, the response types, sets and stages from its summaries."""
     ids = [int(r) for r in run_ids]
     out = Recorded()
-    first = db[OBSERVATIONS].find_one({"run_id": {"$in": ids}, "kind": kind}, {"values": 1})
-    if first is None:
+    first = None
+    for run_id in ids:  # equality on run_id is served by the index; $in makes this server scan
+        first = db[OBSERVATIONS].find_one({"run_id": run_id, "kind": kind}, {"values": 1})
+        if first is not None:
+            break
+    else:
         return out
     out.quantities.update(first.get("values") or {})
-    source, match = db[OBSERVATIONS], {"run_id": {"$in": ids}, "kind": kind}
-    if quantity is not None:
-        source, match = db[STATS], {**match, "quantity": quantity}
-    for row in source.aggregate([
+    if quantity is None:
+        return out  # grouping the raw buckets reads every array: only the summaries are grouped
+    match = {"run_id": {"$in": ids}, "kind": kind, "quantity": quantity}
+    for row in db[STATS].aggregate([
         {"$match": match},
         {"$group": {"_id": {"r": "$response_type", "p": "$probe_set", "u": "$update_type", "s": "$stage"}}},
     ]):

@@ -42,10 +42,10 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     data = frame.copy()
     data["update_type"] = data["update_type"].astype(object).where(data["update_type"].notna(), "")
     fmt = number_format(data[y])
-    legend = alt.Legend(title=COLOR_TITLES.get(color, color), columns=legend_columns(data[color]), symbolType="stroke")
+    legend = alt.Legend(title=COLOR_TITLES.get(color, color), columns=legend_columns(data[color]), symbolType="stroke",
+                        symbolOpacity=1, symbolStrokeWidth=3)
     domain = list(dict.fromkeys(data[color]))
     colour = alt.Color(f"{color}:N", legend=legend, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
-    band_colour = alt.Color(f"{color}:N", legend=None, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
     x_enc = alt.X(f"{x}:Q", title=x_title(x, align), axis=alt.Axis(tickCount=6, format="~s"))
     tooltip = [alt.Tooltip("run:N"), alt.Tooltip("series:N", title="response"), alt.Tooltip("stage:N"),
                alt.Tooltip("step:Q"), alt.Tooltip("examples_seen:Q", title="examples seen"),
@@ -58,7 +58,7 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     layers = []
     if band and y == "mean" and data["ci_low"].notna().any():
         layers.append(base.mark_area(opacity=0.18).encode(x=x_enc, y=alt.Y("ci_low:Q"), y2="ci_high:Q",
-                                                          color=band_colour, detail=detail))
+                                                          color=colour, detail=detail))
     layers.append(base.mark_line(strokeWidth=2).encode(
         x=x_enc, y=alt.Y(f"{y}:Q", title=y_title(data, y), scale=alt.Scale(zero=False)), color=colour, detail=detail))
     layers.append(base.mark_point(size=28, filled=True, opacity=0).encode(x=x_enc, y=f"{y}:Q", tooltip=tooltip))

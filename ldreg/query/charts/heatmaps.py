@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ldreg.query.charts.common import DIVERGING_SCHEME, SEQUENTIAL_SCHEME, configure, number_format
-from ldreg.query.observations import quantity_label
+
+
+SHORT_TITLES = {"delta_logp": "Δ log π (nats)", "lbk": "LBK", "lbk_signed": "signed LBK"}
 
 
 def pick_step(frame: pd.DataFrame, at: int | str) -> pd.DataFrame:
@@ -43,9 +45,9 @@ def influence_heatmap(frame: pd.DataFrame, *, at: int | str = "first", title: st
         x=alt.X("update_type:N", sort=updates, title="updating on (u)", axis=alt.Axis(labelAngle=-40, orient="top")),
         y=alt.Y("response_type:N", sort=observes, title="observing (o)"))
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
-        color=alt.Color("mean:Q", title=quantity_label(data["quantity"].iloc[0]),
+        color=alt.Color("mean:Q", title=SHORT_TITLES.get(data["quantity"].iloc[0], data["quantity"].iloc[0]),
                         scale=alt.Scale(scheme=DIVERGING_SCHEME, reverse=True, domain=[-limit, limit], domainMid=0),
-                        legend=alt.Legend(orient="right", gradientLength=max(120, cell * len(observes)))),
+                        legend=alt.Legend(orient="right", gradientLength=max(60, cell * len(observes)))),
         tooltip=[alt.Tooltip("run:N"), alt.Tooltip("update_type:N", title="update"),
                  alt.Tooltip("response_type:N", title="observe"), alt.Tooltip("step:Q"),
                  alt.Tooltip("mean:Q", format=fmt), alt.Tooltip("ci_low:Q", format=fmt, title="CI low"),
@@ -75,7 +77,7 @@ def entk_heatmap(entk: dict[str, Any], *, normalise: bool = False, title: str | 
         x=alt.X("j:N", sort=ids, title="probe example", axis=alt.Axis(labelAngle=0, orient="top")),
         y=alt.Y("i:N", sort=ids, title="probe example"),
         color=alt.Color("value:Q", title="cosine" if normalise else "K", scale=alt.Scale(scheme=SEQUENTIAL_SCHEME),
-                        legend=alt.Legend(orient="right", gradientLength=max(120, cell * n))),
+                        legend=alt.Legend(orient="right", gradientLength=max(60, cell * n))),
         tooltip=[alt.Tooltip("i:N", title="example i"), alt.Tooltip("j:N", title="example j"),
                  alt.Tooltip("value:Q", format=fmt, title=label)],
     ).properties(width=cell * n, height=cell * n)
