@@ -113,7 +113,12 @@ def quiet_libraries() -> None:
 def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> PreparedRun:
     quiet_libraries()
     d = spec.data
-    examples = load_preferences(d.source, d.format, d.split, d.limit, d.data_dir)
+    source = d.source
+    if source.startswith("generated:"):  # a data set ldreg builds from real text (the offline demo)
+        from ldreg.data.fortune_prefs import resolve_source
+
+        source = resolve_source(source)
+    examples = load_preferences(source, d.format, d.split, d.limit, d.data_dir)
     train_examples, test_examples = split_train_test(examples, d.test_fraction)
     model_path = resolve_model_path(spec, train_examples)
     tokenizer = load_tokenizer(model_path)

@@ -123,14 +123,13 @@ def t_interval(mean: pd.Series, std: pd.Series, n: pd.Series, confidence: float)
 
 
 SUMMARISED = "observation_stats_runs"  # per (run, kind, quantity): how many buckets are summarised
-FINISHED = ("COMPLETED", "FAILED", "INTERRUPTED", "TIMEOUT")
 
 
 def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> int:
     """Summarise, in the server, every bucket of these runs not summarised yet; return how many.
 
-    A finished run summarised once is trusted without recounting (its buckets no longer change);
-    a running one is recounted and only its new buckets are summarised.
+    Every run is recounted (an indexed count): buckets written late, by a spool flush after the
+    run ended or by a resumed run, are summarised too; only the new buckets are computed.
     """
     stats, marks = db[STATS], db[SUMMARISED]
     known = {m["_id"]: m for m in marks.find({"_id": {"$in": [f"{r.id}|{kind}|{quantity}" for r in runs]}})}
@@ -139,8 +138,6 @@ def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> i
         key = f"{run.id}|{kind}|{quantity}"
         mark = known.get(key)
         fresh = mark is not None and mark.get("run_start") == run.start_time
-        if fresh and mark.get("finished"):
-            continue
         mine = {"run_id": run.id, "kind": kind, "quantity": quantity}
         if not fresh:
             stats.delete_many(mine)
@@ -151,8 +148,7 @@ def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> i
             list(db[OBSERVATIONS].aggregate(summarise_pipeline(run.id, kind, quantity, run.start_time, skip),
                                             allowDiskUse=True))
             done += total - have
-        marks.replace_one({"_id": key}, {"_id": key, "buckets": total, "run_start": run.start_time,
-                                         "finished": run.status in FINISHED}, upsert=True)
+        marks.replace_one({"_id": key}, {"_id": key, "buckets": total, "run_start": run.start_time}, upsert=True)
     if done:
         stats.create_index(["run_id", "kind", "quantity", "response_type", "step"])
     return done

@@ -64,12 +64,12 @@ def run_squeeze(url: str, seeds: int = 200, sink_factory=None) -> tuple[int, dic
     return run_id, result, results
 
 
-def run_digits(url: str, seed: int = 0, sink_factory=None) -> tuple[int, dict[str, Any], Any]:
+def run_digits(url: str, seed: int = 0, epochs: int = 12, sink_factory=None) -> tuple[int, dict[str, Any], Any]:
     """Figure 1: the digits CNN, its class eNTK, and one update's influence, stored."""
     holder: list = []
 
     def body(ctx: RunContext) -> dict[str, Any]:
-        result = digits.run(seed)
+        result = digits.run(seed, epochs=epochs)
         holder.append(result)
         sink = _sink(ctx, sink_factory)
         try:
@@ -84,7 +84,7 @@ def run_digits(url: str, seed: int = 0, sink_factory=None) -> tuple[int, dict[st
                 "influence": {k: float(v) for k, v in result.mean_influence().items()},
                 "similar_class": result.similar_class, "dissimilar_class": result.dissimilar_class}
 
-    run_id, result = run_tracked("digits-entk", {"seed": seed}, body, url=url, tags=["simulation"])
+    run_id, result = run_tracked("digits-entk", {"seed": seed, "epochs": epochs}, body, url=url, tags=["simulation"])
     return run_id, result, holder[0]
 
 

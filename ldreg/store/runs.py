@@ -129,6 +129,8 @@ def delete_run(run_id: int, db=None) -> dict[str, int]:
             artifacts += 1
     return {
         "observations": db[OBSERVATIONS].delete_many({"run_id": run_id}).deleted_count,
+        "summaries": db["observation_stats"].delete_many({"run_id": run_id}).deleted_count  # the query cache
+        + db["observation_stats_runs"].delete_many({"_id": {"$regex": f"^{run_id}\\|"}}).deleted_count,
         "metrics": db.metrics.delete_many({"run_id": run_id}).deleted_count,
         "artifacts": artifacts,
         "runs": db.runs.delete_one({"_id": run_id}).deleted_count,
