@@ -1,1 +1,9 @@
-"""Persistence: the embedded MongoDB server, connections, observation documents, the spool."""
+"""Persistence: the embedded MongoDB server, connections, observation documents, the spool.
+
+server       SecantusDB as a child process: start / stop / status / ensure_running
+connection   which MongoDB (LDREG_MONGO_URL or the embedded one), redaction, connect()
+documents    ObservationBucket: one document per run, step, probing set and response type
+sink         StoreSink: observations written in the background, spooled through outages
+spool        the JSON-lines spool and flush_spools (`ldreg db flush`)
+runs         listing, showing and deleting past runs (Sacred's collections and ours)
+"""

@@ -37,13 +37,14 @@ class StoreSink:
 
     ``db``: a pymongo Database (default: ``connection.connect()``); give its client short
     timeouts (``connection.open_client``) so an outage is noticed quickly.
+    ``batch_size``: buckets per journaled insert; larger batches amortise the journal sync.
     ``emit_timeout_s``: how long ``emit`` waits on a full queue before writing that bucket
     straight to the spool (a writer stuck on a hung server must not stall training).
     """
 
     def __init__(
         self, run_id: int, db: Database | None = None, spool_path: Path | str | None = None,
-        batch_size: int = 64, queue_size: int = 1024, retry_interval_s: float = 2.0,
+        batch_size: int = 256, queue_size: int = 1024, retry_interval_s: float = 2.0,
         emit_timeout_s: float = 5.0,
     ):
         if db is None:
