@@ -140,7 +140,8 @@ def db_status() -> None:
     if info is None:
         console.print("embedded server: not running (it starts on demand; or `ldreg db start`)")
     else:
-        console.print(f"embedded server: running at {info.url} (pid {info.pid}, data {info.data_dir})")
+        answering = "answering" if info.is_responding() else "NOT answering"
+        console.print(f"embedded server: running at {info.url} (pid {info.pid}, data {info.data_dir}), {answering}")
 
 
 @db.command("flush")
@@ -150,7 +151,10 @@ def db_flush() -> None:
     from ldreg.store import connection, sink
 
     counts = sink.flush_spools(connection.connect())
-    console.print(f"flushed {counts}")
+    for name, c in counts.items():
+        console.print(f"{name}: stored {c.stored}, already there {c.duplicates}, rejected {c.rejected}, left {c.left}")
+    if not counts:
+        console.print("no spooled observations")
 
 
 # ---------------------------------------------------------------------------------------- run
