@@ -75,11 +75,10 @@ class StoreSink:
     def emit(self, obs: Observation) -> None:
         if self._closed:
             raise RuntimeError("StoreSink.emit after close()")
-        doc = bucket_from_observation(self.run_id, obs)
-        try:
-            self._queue.put(doc, timeout=self.emit_timeout_s)
+        try:  # converting to a document happens on the writer thread, off the training loop
+            self._queue.put(obs, timeout=self.emit_timeout_s)
         except queue.Full:
-            self._to_spool([doc])
+            self._to_spool([bucket_from_observation(self.run_id, obs)])
 
     def close(self) -> WriteCounts:
         """Drain the queue, write or spool everything, try once more to empty the spool.
@@ -110,11 +109,11 @@ class StoreSink:
         while True:
             batch, closing = self._next_batch()
             if batch:
-                self._write(batch)
+                self._write([bucket_from_observation(self.run_id, obs) for obs in batch])
             if closing:
                 return
 
-    def _next_batch(self) -> tuple[list[dict[str, Any]], bool]:
+    def _next_batch(self) -> tuple[list[Observation], bool]:
         timeout = self.retry_interval_s if not self._db_up else None
         try:
             first = self._queue.get(timeout=timeout)
