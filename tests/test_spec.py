@@ -84,5 +84,5 @@ def test_bad_files_get_one_line(tmp_path):
 
 
 def test_shipped_experiment_specs_are_valid(plugins):
-    for path in sorted((REPO / "experiments").glob("*.yaml")):
+    for path in sorted((REPO / "experiments").glob("[!_]*.yaml")):  # _*.yaml are bases, only included
         specs.load(path, plugins=plugins)
