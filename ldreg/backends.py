@@ -26,6 +26,9 @@ class Backend(ABC):
     def device(self) -> torch.device:
         """The torch device tensors go to."""
 
+    def activate(self) -> None:
+        """Prepare this process to compute here (called once at the start of a run)."""
+
     def is_available(self) -> bool:
         return self.availability()[0]
 

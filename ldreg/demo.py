@@ -75,10 +75,13 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
     from ldreg.sim.tracked import run_digits, run_squeeze
     from ldreg.store.connection import connect, mongo_url
 
+    from ldreg.backends import resolve_backend
+
     url = mongo_url()
     db = connect()
     timings: dict[str, float] = {}
     plugins = get_plugins()
+    resolve_backend("auto", plugins.backends).activate()  # thread settings for the simulations and pretraining
     report = Report("ldreg: the learning dynamics of finetuning, reproduced" + (" (quick)" if plan.quick else ""))
 
     with _Timer(timings, "squeezing-effect simulation"):
@@ -186,11 +189,12 @@ def _figures(report: Report, db, runs, plan: Plan, sq: dict, cases, dg: dict, di
                    query_chart("dpo-squeeze", [base], db),
                    "the margin rises while log pi(y+) and log pi(y-) both fall, and the argmax confidence rises.",
                    _verdicts(found, "DPO lowers"))
-        report.add(f"One-step influence before training (Figure 3, right), seed {seed}",
-                   query_chart("influence", [base], db),
-                   "an update on y+ raises y+ most and pulls up responses similar to it; other responses move less.",
-                   "each cell is the mean change of log pi of the observed type after one SGD step on the update "
-                   "type, on a small subset.")
+        if db.observations.find_one({"run_id": base, "kind": "influence"}, {"_id": 1}):
+            report.add(f"One-step influence before training (Figure 3, right), seed {seed}",
+                       query_chart("influence", [base], db),
+                       "an update on y+ raises y+ most and pulls up responses similar to it; other responses move "
+                       "less.", "each cell is the mean change of log pi of the observed type after one SGD step "
+                       "on the update type, on a small subset.")
     if base is not None and ext is not None:
         report.add(f"Extend (SFT on y+ and y-) against the baseline during DPO (Section 4.3), seed {seed}",
                    query_chart("extend-vs-baseline", [base, ext], db),

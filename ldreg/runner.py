@@ -252,6 +252,7 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
     from ldreg.store.sink import StoreSink
 
     start = time.perf_counter()
+    backend.activate()
     seed_everything(backend, spec.seed)
     prepared = prepare(spec, backend, plugins)
     sink = sink or StoreSink(ctx.run_id)

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("LDREG_CPU_THREADS", "1")
 
 # The real MongoDB-protocol server fixtures (`mongo_url`, ...) live in db_fixtures.py.
 pytest_plugins = ["db_fixtures"]
@@ -34,6 +35,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use small tensors, where a second OpenMP thread only adds contention on 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True, scope="session")
