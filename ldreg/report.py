@@ -51,7 +51,18 @@ class Report:
         blocks.append("<h2>Time</h2>" + _timings_table(self.timings))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page(self.title, blocks, intro=self.intro))
+        self.write_pngs(path.parent / f"{path.stem}-figures")
         return path
+
+    def write_pngs(self, folder: Path) -> list[Path]:
+        """Each figure also as a PNG (for slides and papers), beside the page."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, fig in enumerate(self.figures, start=1):
+            target = folder / f"figure-{i}.png"
+            fig.chart.save(str(target), scale_factor=1.5)
+            written.append(target)
+        return written
 
 
 def query_chart(name: str, run_ids: Sequence[int], db, overrides: Sequence[str] = ()):

@@ -20,3 +20,4 @@ def test_report_is_offline_and_captioned(tmp_path):
     assert "This run shows:</b> y rose by 1" in text
     assert "<b>held</b>" in text and "<b>did not hold</b>" in text and "<b>not checked</b>" in text
     assert "vegaEmbed('#chart" in text and "https://cdn" not in text
+    assert (tmp_path / "r-figures" / "figure-1.png").read_bytes()[:4] == b"\x89PNG"
