@@ -307,7 +307,7 @@ def query(spec: Path, overrides: tuple[str, ...], out: Path | None, run_ids: str
 @main.command()
 @click.option("--quick", is_flag=True, help="The three-minute version: smaller base model, fewer examples.")
 @click.option("--sweep", is_flag=True, help="Also run SFT then IPO, SLiC, SPPO and SPIN.")
-@click.option("--seeds", default="0", show_default=True, help="Seeds of the LLM runs, comma-separated.")
+@click.option("--seeds", default="0,1", show_default=True, help="Seeds of the LLM runs, comma-separated.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @friendly_errors
 def demo(quick: bool, sweep: bool, seeds: str, no_progress: bool) -> None:
@@ -327,3 +327,20 @@ def demo(quick: bool, sweep: bool, seeds: str, no_progress: bool) -> None:
                       f.evidence)
     console.print(table)
     console.print(f"\n[bold]Report:[/] {outcome.report}")
+
+
+@main.command()
+@click.argument("name", default="fortunes-small")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@friendly_errors
+def pretrain(name: str, no_progress: bool) -> None:
+    """Pretrain (or reuse) the base model NAME on real English text (Debian's fortunes).
+
+    Specs use it as `model: {base: "pretrained:NAME"}`; it is built once and cached.
+    """
+    from ldreg.pretrain import pretrain as build, read_record
+
+    path = build(name, progress=not no_progress)
+    record = read_record(name)
+    console.print(f"{name}: {path}")
+    console.print({k: record[k] for k in ("parameters", "tokens_trained", "steps", "first_loss", "final_loss", "seconds")})

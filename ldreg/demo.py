@@ -29,7 +29,7 @@ console = Console()
 class Plan:
     quick: bool = False
     sweep: bool = False
-    seeds: Sequence[int] = (0,)
+    seeds: Sequence[int] = (0, 1)
     squeeze_seeds: int = 200
 
     @property

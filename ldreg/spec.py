@@ -44,7 +44,8 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    """Preference data: a local file/directory or a hub id, read through ``datasets.load_dataset``."""
+    """Preference data: a local file/directory or a hub id, read through ``datasets.load_dataset``,
+    or ``generated:NAME``, a data set ldreg builds from real text (``ldreg.data.fortune_prefs``)."""
 
     source: str = ""
     format: Literal["auto", "hh", "ultrafeedback", "jsonl"] = "auto"
@@ -110,7 +111,11 @@ class ProbingSpec:
 
 @dataclass
 class StageSpec:
-    """One finetuning stage: a loss, its hyper-parameters, and its optimiser."""
+    """One finetuning stage: a loss, its hyper-parameters, and its optimiser.
+
+    ``reference``: ``stage_start`` freezes the policy as the stage begins (the authors' choice);
+    a hub id or a local path loads that model as the reference instead.
+    """
 
     loss: str
     name: str | None = None

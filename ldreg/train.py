@@ -120,7 +120,7 @@ class Trainer:
                    resume: dict | None = None) -> None:
         loss_def = self.losses[stage.loss]
         device = self.backend.device()
-        reference = frozen_copy(self.model) if loss_def.needs_reference else None
+        reference = self._reference(stage) if loss_def.needs_reference else None
         optimizer = _optimizer(stage, [p for p in self.model.parameters() if p.requires_grad])
         scheduler = _warmup(optimizer, stage.warmup_steps)
         order = self._order(len(data), stage.epochs, self.clock.stage_index)
@@ -154,6 +154,14 @@ class Trainer:
                 self.checkpointer(self._state(position + 1, optimizer, scheduler, reference))
         bar.close()
         del reference
+
+    def _reference(self, stage: StageSpec) -> torch.nn.Module:
+        """The frozen reference: the policy as this stage starts, or a model loaded by name/path."""
+        if stage.reference == "stage_start":
+            return frozen_copy(self.model)
+        from ldreg.models import load_model
+
+        return frozen_copy(load_model(stage.reference, self.backend.device()))
 
     def _state(self, next_batch: int, optimizer, scheduler, reference) -> dict:
         """Everything needed to continue bit-for-bit: weights, optimiser, schedule, data position, RNG."""

@@ -97,3 +97,18 @@ def test_unreachable_mongo_url_is_one_line(monkeypatch):
     result = CliRunner().invoke(main, ["db", "status"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "secret" not in result.output and "127.0.0.1:9" in result.output
+
+
+def test_runs_delete_removes_run_and_observations(smoke_run, mongo_client, monkeypatch, mongo_server):
+    monkeypatch.setenv("LDREG_MONGO_URL", mongo_server.url)
+    monkeypatch.setenv("LDREG_DB", "cli_smoke")
+    db = mongo_client["cli_smoke"]
+    run_id = db.runs.find_one(sort=[("_id", -1)])["_id"]
+    assert db.observations.count_documents({"run_id": run_id}) > 0
+    out = invoke("runs", "delete", str(run_id), "--yes").output
+    assert f"deleted run {run_id}" in out
+    assert db.runs.count_documents({"_id": run_id}) == 0
+    assert db.observations.count_documents({"run_id": run_id}) == 0
+    assert db.metrics.count_documents({"run_id": run_id}) == 0
+    result = CliRunner().invoke(main, ["runs", "show", str(run_id)])
+    assert result.exit_code == 2 and f"no run with id {run_id}" in result.output

@@ -126,3 +126,14 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, setup):
         assert torch.equal(pa, pb)
     # the probes after the checkpoint are those of the uninterrupted run
     assert resumed_calls == [c for c in full_calls if c[0] > 6 or (c[0] == 6 and c[2] == "dpo" and c[1] > 12)]
+
+
+def test_reference_loaded_from_a_path(tiny_model_dir, setup):
+    """A reference given by path is that model, frozen: here the untrained one, as at stage start."""
+    trainer, _, data = _trainer(tiny_model_dir, setup)
+    stage = StageSpec(loss="dpo", name="dpo", epochs=1, lr=1e-3, optimizer="sgd", batch_size=8,
+                      reference=str(tiny_model_dir))
+    ref = trainer._reference(stage)
+    assert not any(p.requires_grad for p in ref.parameters())
+    for a, b in zip(ref.parameters(), load_model(tiny_model_dir).parameters()):
+        assert torch.equal(a, b)
