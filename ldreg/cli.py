@@ -308,9 +308,10 @@ def query(spec: Path, overrides: tuple[str, ...], out: Path | None, run_ids: str
 @click.option("--quick", is_flag=True, help="The three-minute version: smaller base model, fewer examples.")
 @click.option("--sweep", is_flag=True, help="Also run SFT then IPO, SLiC, SPPO and SPIN.")
 @click.option("--seeds", default="0,1", show_default=True, help="Seeds of the LLM runs, comma-separated.")
+@click.option("--reuse", is_flag=True, help="Reuse COMPLETED runs with the same config (re-render the report).")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @friendly_errors
-def demo(quick: bool, sweep: bool, seeds: str, no_progress: bool) -> None:
+def demo(quick: bool, sweep: bool, seeds: str, reuse: bool, no_progress: bool) -> None:
     """Run the main job: the paper's findings reproduced offline, ending in an HTML report."""
     from ldreg.demo import Plan, run_demo
 
@@ -318,7 +319,7 @@ def demo(quick: bool, sweep: bool, seeds: str, no_progress: bool) -> None:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{seeds!r}: give whole numbers, e.g. 0,1,2", param_hint="--seeds") from None
-    outcome = run_demo(Plan(quick=quick, sweep=sweep, seeds=seed_list), progress=not no_progress)
+    outcome = run_demo(Plan(quick=quick, sweep=sweep, seeds=seed_list, reuse=reuse), progress=not no_progress)
     table = Table(title="findings")
     for col in ("finding", "result", "numbers"):
         table.add_column(col, overflow="fold")

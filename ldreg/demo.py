@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ class Plan:
     sweep: bool = False
     seeds: Sequence[int] = (0, 1)
     squeeze_seeds: int = 200
+    reuse: bool = False  # take COMPLETED runs with the very same config instead of rerunning them
 
     @property
     def experiments(self) -> list[str]:
@@ -60,6 +62,15 @@ class _Timer:
         self.timings[self.name] = time.perf_counter() - self.start
         if exc[0] is None:
             console.print(f"[green]done[/] in {self.timings[self.name]:.1f} s")
+
+
+def completed_run(db, spec) -> int | None:
+    """The newest COMPLETED run of ``spec`` with exactly its config, if there is one."""
+    want = json.loads(json.dumps(spec.to_config()))
+    for doc in db.runs.find({"experiment.name": spec.name, "status": "COMPLETED"}, {"config": 1}).sort("_id", -1):
+        if doc["config"] == want:
+            return doc["_id"]
+    return None
 
 
 def _stage_of(db, run_id: int, losses: Sequence[str]) -> int | None:
@@ -101,10 +112,17 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
         for name in plan.experiments:
             with _Timer(timings, f"{name} (seed {seed})"):
                 spec = specs.load(EXPERIMENTS / f"{name}.yaml", [f"seed={seed}"], plugins)
-                result = run_experiment(spec, spec_path=EXPERIMENTS / f"{name}.yaml", progress=progress, plugins=plugins)
-            runs[(name.removeprefix("quick-"), seed)] = result.run_id
-            rows.append({"id": result.run_id, "name": name, "seed": seed, "status": "COMPLETED",
-                         "seconds": result.result.get("seconds")})
+                found_id = completed_run(db, spec) if plan.reuse else None
+                if found_id is not None:
+                    console.print(f"reusing run {found_id} (same config, COMPLETED)")
+                    run_id, result = found_id, db.runs.find_one({"_id": found_id})["result"]
+                else:
+                    done = run_experiment(spec, spec_path=EXPERIMENTS / f"{name}.yaml", progress=progress,
+                                          plugins=plugins)
+                    run_id, result = done.run_id, done.result
+            runs[(name.removeprefix("quick-"), seed)] = run_id
+            rows.append({"id": run_id, "name": name, "seed": seed, "status": "COMPLETED",
+                         "seconds": result.get("seconds")})
 
     with _Timer(timings, "findings and report"):
         found = _findings(db, runs, plan)
@@ -179,8 +197,9 @@ def _figures(report: Report, db, runs, plan: Plan, sq: dict, cases, dg: dict, di
     sft = runs.get(("sft-only", seed))
     if sft is not None:
         report.add(f"Probes during SFT (Figures 3 and 17), seed {seed}", query_chart("sft-probes", [sft], db),
-                   "log pi(y+) rises; y- and the rephrases rise a little then fall; permutations fall from the "
-                   "start; y+ of other prompts rises, more slowly than y+.",
+                   "log pi(y+) rises; y-, the rephrases of y+, y+ of test prompts and random sentences rise a "
+                   "little then fall; permutations fall from the start; y+ of other training prompts keeps "
+                   "rising, more slowly than y+.",
                    _verdicts(found, "SFT raises") + " | " + _verdicts(found, "y- and rephrases") + " | "
                    + _verdicts(found, "permutations") + " | " + _verdicts(found, "y+ of other prompts"))
     base, ext = runs.get(("sft-dpo", seed)), runs.get(("extend-dpo", seed))

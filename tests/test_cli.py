@@ -69,6 +69,18 @@ def test_runs_lists_and_shows_the_run(smoke_run, monkeypatch, mongo_server):
     assert "observations:" in out and "chosen_permuted" in out
 
 
+def test_completed_run_is_found_by_its_config(smoke_run, mongo_client):
+    from ldreg import spec as specs
+    from ldreg.demo import completed_run
+
+    db = mongo_client["cli_smoke"]
+    spec = specs.load(SMOKE, ["stages.0.epochs=1"])
+    spec.tags = ["smoke", "ci"]
+    assert completed_run(db, spec) == db.runs.find_one(sort=[("_id", -1)])["_id"]
+    spec.seed = 1
+    assert completed_run(db, spec) is None
+
+
 def test_dry_run_prints_resolved_config():
     out = invoke("run", SMOKE, "--dry-run", "with", "seed=7").output
     assert "seed: 7" in out and "loss: sft" in out
