@@ -175,7 +175,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--authors-subset", type=int, default=500,
                         help="time the batch-1 baseline on this many examples and scale to --n (0: all)")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: what ldreg's cpu backend uses, half the cores)")
     args = parser.parse_args(argv)
+    if args.device == "cpu":
+        from ldreg_plugins.backends.cpu import default_threads
+
+        torch.set_num_threads(args.threads or default_threads())
     if args.quick:
         args.n, args.len, args.repeats, args.size = min(args.n, 16), min(args.len, 256), 2, args.size or ["tiny"]
     sizes = args.size or ["tiny", "5m"]

@@ -116,10 +116,12 @@ def main() -> list[dict]:
     parser.add_argument("--matrix", type=int, default=512, help="side of the simulated step's matmuls")
     parser.add_argument("--repeats", type=int, default=2, help="matmuls per simulated probe step")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repeats of (a); the best counts")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: what ldreg's cpu backend uses, half the cores)")
     args, _ = parser.parse_known_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ldreg_plugins.backends.cpu import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
     if args.quick:
         args.examples, args.steps = 100, 40
     steps = list(observations(args.examples, args.steps))
