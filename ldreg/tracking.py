@@ -8,6 +8,8 @@ the Sacred run id.
 
 from __future__ import annotations
 
+import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,58 @@ SETTINGS.CAPTURE_MODE = "sys"  # "fd" breaks under pytest's capture and loses tq
 SETTINGS.DISCOVER_SOURCES = "imported"
 
 RUNS_COLLECTION = "runs"  # Sacred's default, what Omniboard reads
+
+log = logging.getLogger("ldreg.tracking")
+
+
+class DurableMongoObserver(MongoObserver):
+    """Sacred's MongoObserver, except that metrics survive a database outage.
+
+    Sacred hands the metrics logged since the last heartbeat to ``log_metrics`` once and drops
+    them if the write fails. Here they wait in memory, per metric, and go out with the next
+    heartbeat or the final event; a metric is forgotten only once written, so none is written twice.
+    If the database is still down when the run ends, they are saved beside Sacred's own failure file.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, dict[str, list]] = {}
+
+    def log_metrics(self, metrics_by_name, info):
+        for name, m in metrics_by_name.items():
+            slot = self.pending.setdefault(name, {"steps": [], "values": [], "timestamps": []})
+            for key in slot:
+                slot[key].extend(m[key])
+        self._flush_metrics(info)
+
+    def _flush_metrics(self, info) -> None:
+        from pymongo.errors import PyMongoError
+
+        for name in list(self.pending):
+            try:
+                super().log_metrics({name: self.pending[name]}, info)
+            except PyMongoError as exc:
+                log.warning("metrics kept for later: the database did not answer (%s)", type(exc).__name__)
+                return
+            del self.pending[name]
+
+    def _final(self, event: str, **kwargs):
+        self._flush_metrics(self.run_entry.get("info", {}))
+        if self.pending and self.failure_dir:
+            path = Path(self.failure_dir) / f"metrics-run-{self.run_entry['_id']}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.pending, default=str))
+            log.warning("the database is down: metrics of run %s saved in %s", self.run_entry["_id"], path)
+        return getattr(super(), event)(**kwargs)
+
+    def completed_event(self, stop_time, result):
+        return self._final("completed_event", stop_time=stop_time, result=result)
+
+    def interrupted_event(self, interrupt_time, status):
+        return self._final("interrupted_event", interrupt_time=interrupt_time, status=status)
+
+    def failed_event(self, fail_time, fail_trace):
+        return self._final("failed_event", fail_time=fail_time, fail_trace=fail_trace)
 
 
 @dataclass
@@ -54,7 +108,7 @@ def run_tracked(name: str, run_config: dict[str, Any], body: Body, *, url: str, 
     ex = Experiment(name, save_git_info=False)
     ex.captured_out_filter = apply_backspaces_and_linefeeds
     ex.add_config(run_config)
-    ex.observers.append(MongoObserver(url=url, db_name=db_name or config.db_name(), overwrite=overwrite,
+    ex.observers.append(DurableMongoObserver(url=url, db_name=db_name or config.db_name(), overwrite=overwrite,
                                       failure_dir=str(config.home() / "spool" / "sacred")))
 
     @ex.main
