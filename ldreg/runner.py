@@ -268,6 +268,7 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
         log_scalar=ctx.log_scalar, sink=counting, probe_every=spec.probing.every, seed=spec.seed,
         progress=progress, generate_rejected=ResponseSampler(prepared.tokenizer, backend, spec.seed),
         checkpoint_every=spec.checkpoint_every, checkpointer=lambda state: checkpoint.save(ctx.run_id, state),
+        autocast_dtype=_dtype(spec.model.dtype, backend), reference_dtype=_dtype(spec.model.reference_dtype, backend),
     )
     if resume is not None:
         ctx.info.setdefault("resumed_at_steps", []).append(resume["clock"]["step"])

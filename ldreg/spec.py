@@ -34,7 +34,12 @@ class TinyModelSpec:
 
 @dataclass
 class ModelSpec:
-    """``base``: a hub id, a local directory, ``tiny`` (built here), or ``pretrained:NAME`` (cached here)."""
+    """``base``: a hub id, a local directory, ``tiny`` (built here), or ``pretrained:NAME`` (cached here).
+
+    The policy's weights train in fp32; ``dtype`` is the autocast precision of its forward passes and
+    of the probes, ``reference_dtype`` the frozen reference's weights; ``auto`` takes the backend's
+    preferred dtype (bf16 on GPUs that run it, fp32 on CPUs).
+    """
 
     base: str = "tiny"
     dtype: Dtype = "auto"

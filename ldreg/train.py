@@ -95,6 +95,8 @@ class Trainer:
     generate_rejected: Callable[[torch.nn.Module, Sequence[EncodedExample]], list[EncodedPair]] | None = None
     checkpoint_every: int = 0
     checkpointer: Callable[[dict], None] | None = None
+    autocast_dtype: torch.dtype | None = None  # mixed precision of the forward (bf16 on GPUs)
+    reference_dtype: torch.dtype | None = None  # the frozen reference's weights (the authors: fp16)
     clock: Clock = field(default_factory=Clock)
 
     def run(self, stages: Sequence[StageSpec], data: Sequence[EncodedExample], resume: dict | None = None) -> Clock:
@@ -158,10 +160,10 @@ class Trainer:
     def _reference(self, stage: StageSpec) -> torch.nn.Module:
         """The frozen reference: the policy as this stage starts, or a model loaded by name/path."""
         if stage.reference == "stage_start":
-            return frozen_copy(self.model)
+            return frozen_copy(self.model, self.reference_dtype)
         from ldreg.models import load_model
 
-        return frozen_copy(load_model(stage.reference, self.backend.device()))
+        return frozen_copy(load_model(stage.reference, self.backend.device()), self.reference_dtype)
 
     def _state(self, next_batch: int, optimizer, scheduler, reference) -> dict:
         """Everything needed to continue bit-for-bit: weights, optimiser, schedule, data position, RNG."""
@@ -196,7 +198,7 @@ class Trainer:
                 rejected = [e.rejected for e in examples]
         pairs = chosen + (rejected or [])
         batch = collate(pairs, self.pad_id).to(device)
-        with self.backend.autocast():
+        with self.backend.autocast(self.autocast_dtype):
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logits.retain_grad()
         logps, counts = sequence_logps(logits, batch.labels)
@@ -205,7 +207,7 @@ class Trainer:
         if rejected is not None:
             inputs.rejected, inputs.rejected_tokens = logps[b:], counts[b:]
         if reference is not None:
-            with torch.no_grad(), self.backend.autocast():
+            with torch.no_grad(), self.backend.autocast(self.autocast_dtype):
                 ref_logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 ref_logps, _ = sequence_logps(ref_logits, batch.labels)
             inputs.ref_chosen = ref_logps[:b]
