@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ldreg.backends import Backend
-from ldreg.dynamics.logprobs import EncodedPair, collate, sequence_logps, shifted
+from ldreg.dynamics.logprobs import EncodedPair, collate, sequence_logps
+from ldreg.dynamics.residual import summarize_residual
 from ldreg.dynamics.probes import ForwardPlacement, probe
 from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
 from ldreg.observations import Observation
@@ -118,23 +119,16 @@ def _sgd_step(model: torch.nn.Module, update: Update, pairs_by_type: Mapping[str
     logps = SequenceLogps(chosen=logp[:b], chosen_tokens=n_tokens[:b],
                           rejected=logp[b:] if update.rejected else None,
                           rejected_tokens=n_tokens[b:] if update.rejected else None, **ref)
-    update.loss(logps, **update.hparams).loss.backward()
+    output = update.loss(logps, **update.hparams)
+    output.loss.backward()
     with torch.no_grad():
         for p in params:
             if p.grad is not None:
                 p.add_(p.grad, alpha=-lr)
-    return _residual_token_norm(logits.grad, batch.labels, b)
-
-
-def _residual_token_norm(grad: torch.Tensor, labels: torch.Tensor, b: int) -> np.ndarray:
-    """Mean over an example's updating tokens (all its rows) of ||dL/dz||, scaled by B to be per example."""
-    grad, _, mask = shifted(grad, labels)
-    norms = (grad.float().norm(dim=-1) * mask).sum(-1).double() * b
-    counts = mask.sum(-1).double()
-    example = torch.arange(labels.shape[0], device=labels.device) % b
-    per = torch.zeros(b, dtype=torch.float64, device=labels.device).index_add_(0, example, norms)
-    n = torch.zeros(b, dtype=torch.float64, device=labels.device).index_add_(0, example, counts)
-    return (per / n).cpu().numpy()
+    split = update.rejected is not None
+    residual = summarize_residual(logits.grad[:b], batch.labels[:b], logits.grad[b:] if split else None,
+                                  batch.labels[b:] if split else None, output=output, scale=b)
+    return residual.token_norm.cpu().numpy()
 
 
 def _as_tensor(values: np.ndarray, rows: Sequence[int], device) -> torch.Tensor:
