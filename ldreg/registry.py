@@ -122,16 +122,15 @@ class Plugins:
 
     def describe(self) -> list[dict[str, object]]:
         """One row per plugin: name, version, and what it registers (for `ldreg plugins`)."""
-        rows: dict[str, dict[str, object]] = {}
-        for dist_name, plugin_name, version in _plugin_versions(self.manager):
-            rows[plugin_name] = {"plugin": plugin_name, "distribution": dist_name, "version": version,
-                                 "losses": [], "response types": [], "backends": []}
-        for column, reg in (("losses", self.losses), ("response types", self.responses),
-                            ("backends", self.backends)):
+        columns = {"losses": self.losses, "response types": self.responses, "backends": self.backends}
+
+        def row(plugin: str, distribution: str = "", version: str = "") -> dict[str, object]:
+            return {"plugin": plugin, "distribution": distribution, "version": version, **{c: [] for c in columns}}
+
+        rows = {plugin: row(plugin, dist, version) for dist, plugin, version in _plugin_versions(self.manager)}
+        for column, reg in columns.items():
             for r in reg.registrations():
-                row = rows.setdefault(r.plugin, {"plugin": r.plugin, "distribution": "", "version": "",
-                                                 "losses": [], "response types": [], "backends": []})
-                row[column].append(r.name)  # type: ignore[union-attr]
+                rows.setdefault(r.plugin, row(r.plugin))[column].append(r.name)  # type: ignore[union-attr]
         return [rows[k] for k in sorted(rows)]
 
 

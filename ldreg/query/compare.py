@@ -21,6 +21,7 @@ from ldreg.query.labels import differing_keys, flatten, run_labels
 from ldreg.query.observations import curves_frame, ensure_summaries, entk_matrix
 from ldreg.query.pipeline import Aggregation, Pick, recorded
 from ldreg.query.select import RunInfo, select_runs
+from ldreg.store.connection import database
 
 
 def differences_table(runs: Sequence[RunInfo]) -> str:
@@ -44,10 +45,7 @@ def _probe_set(have) -> str | None:
 
 def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
     """Write the comparison page for runs ``ids`` to ``out`` (a .html file or a folder); return its path."""
-    if db is None:
-        from ldreg.store.connection import connect
-
-        db = connect()
+    db = database(db)
     runs = select_runs(db, ids=list(ids))
     missing = sorted(set(ids) - {r.id for r in runs})
     out = Path(out)

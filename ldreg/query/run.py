@@ -18,17 +18,10 @@ from ldreg.query.errors import QueryError
 from ldreg.query.labels import flatten, run_labels
 from ldreg.query.observations import curves_frame, entk_matrix
 from ldreg.query.select import RunInfo, select_runs
+from ldreg.store.connection import database
 from ldreg.query.spec import QuerySpec, load
 
 MAX_ENTK_PANELS = 4
-
-
-def _db(db):
-    if db is not None:
-        return db
-    from ldreg.store.connection import connect
-
-    return connect()
 
 
 def _add_config_column(frame: pd.DataFrame, runs: Sequence[RunInfo], key: str) -> pd.DataFrame:
@@ -48,7 +41,7 @@ def _add_config_column(frame: pd.DataFrame, runs: Sequence[RunInfo], key: str) -
 
 def build(spec: QuerySpec, db=None) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
     """The chart and the tidy frame behind it."""
-    db = _db(db)
+    db = database(db)
     runs = select_runs(db, spec.select)
     c = spec.chart
     title = c.title or spec.name

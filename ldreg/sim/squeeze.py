@@ -204,12 +204,6 @@ def argmax_gain(result: SqueezeResult) -> float:
     return float(result.after[result.argmax] - result.before[result.argmax])
 
 
-def bystander_mass_change(result: SqueezeResult) -> float:
-    """Total probability change of the bystanders (negative when they are squeezed)."""
-    idx = bystanders(result)
-    return float(result.after[idx].sum() - result.before[idx].sum())
-
-
 def kl_after_before(result: SqueezeResult) -> float:
     """KL(pi^{t+1} || pi^t): how far one step moved the whole distribution."""
     return float(np.sum(result.after * (np.log(result.after) - np.log(result.before))))

@@ -96,6 +96,11 @@ def connect(url: str | None = None, db_name: str | None = None) -> Database:
     return mongoengine.get_db(ALIAS)
 
 
+def database(db: Database | None = None) -> Database:
+    """``db`` when a caller passes one (tests, notebooks), else the configured database."""
+    return db if db is not None else connect()
+
+
 def disconnect() -> None:
     """Forget the registered connection (tests, or before pointing ldreg at another server)."""
     global _registered

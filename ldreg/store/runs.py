@@ -10,16 +10,9 @@ import datetime as dt
 from typing import Any
 
 from ldreg.errors import LdregError
+from ldreg.store.connection import database
 
 OBSERVATIONS = "observations"
-
-
-def _db(db=None):
-    if db is not None:
-        return db
-    from ldreg.store.connection import connect
-
-    return connect()
 
 
 def _duration(doc: dict[str, Any]) -> str:
@@ -38,7 +31,7 @@ def _losses(config: dict[str, Any]) -> str:
 def list_runs(status: str | None = None, tag: str | None = None, name: str | None = None,
               limit: int = 20, db=None) -> list[dict[str, Any]]:
     """The newest runs matching the filters, one row each, with their observation counts."""
-    db = _db(db)
+    db = database(db)
     query: dict[str, Any] = {}
     if status:
         query["status"] = status.upper()
@@ -64,7 +57,7 @@ def list_runs(status: str | None = None, tag: str | None = None, name: str | Non
 
 
 def get_run(run_id: int, db=None) -> dict[str, Any]:
-    doc = _db(db).runs.find_one({"_id": run_id})
+    doc = database(db).runs.find_one({"_id": run_id})
     if doc is None:
         raise LdregError(f"no run with id {run_id}; `ldreg runs` lists the runs there are")
     return doc
@@ -72,7 +65,7 @@ def get_run(run_id: int, db=None) -> dict[str, Any]:
 
 def show_run(run_id: int, db=None) -> dict[str, Any]:
     """Config, status, a summary of every metric, and observation counts by kind and type."""
-    db = _db(db)
+    db = database(db)
     doc = get_run(run_id, db)
     metrics = {}
     for m in db.metrics.find({"run_id": run_id}):
@@ -103,7 +96,7 @@ def show_run(run_id: int, db=None) -> dict[str, Any]:
 
 def truncate_metrics(run_id: int, after_step: int, db=None) -> int:
     """Drop the metric points logged after ``after_step`` (a resumed run logs them again)."""
-    db = _db(db)
+    db = database(db)
     changed = 0
     for m in db.metrics.find({"run_id": run_id}):
         keep = [i for i, s in enumerate(m.get("steps", [])) if s <= after_step]
@@ -119,7 +112,7 @@ def delete_run(run_id: int, db=None) -> dict[str, int]:
     """Remove the run document, its metrics, its artifacts and its observations together."""
     import gridfs
 
-    db = _db(db)
+    db = database(db)
     doc = get_run(run_id, db)
     fs = gridfs.GridFS(db)
     artifacts = 0
