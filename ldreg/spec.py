@@ -11,13 +11,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-
-from ldreg.errors import SpecError
-from ldreg.registry import Plugins, closest
+from ldreg import yamlsafe
+from ldreg.errors import SpecError, preview
 from ldreg.schema import CHECK, from_dict, non_negative, positive, to_dict
+
+if TYPE_CHECKING:
+    from ldreg.registry import Plugins
+
+MAX_INCLUDE_DEPTH = 16
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -30,6 +33,7 @@ class TinyModelSpec:
     layers: int = field(default=2, metadata=positive())
     heads: int = field(default=4, metadata=positive())
     vocab_size: int = field(default=512, metadata={CHECK: (lambda v: v >= 300, "must be >= 300 (bytes + merges)")})
+    architecture: Literal["gpt_neox", "llama"] = "gpt_neox"
 
 
 @dataclass
@@ -60,6 +64,10 @@ class DataSpec:
     test_fraction: float = field(default=0.1, metadata={CHECK: (lambda v: 0 <= v < 1, "must be in [0, 1)")})
     max_length: int = field(default=512, metadata=positive())
     max_prompt_length: int = field(default=256, metadata=positive())
+    # Wrap each HH prompt in the tokenizer's chat template (instruct models); off: the HH text as is.
+    chat_template: bool = False
+    # Which examples are held out: a shuffle by this seed (None: the run's seed), so seeds replicate.
+    split_seed: int | None = field(default=None, metadata=non_negative())
 
     def validate(self, where: str) -> None:
         if not self.source:
@@ -105,6 +113,9 @@ class ProbingSpec:
     response_types: list[str] = field(default_factory=lambda: ["chosen", "rejected", "chosen_permuted"])
     sets: list[ProbeSetSpec] = field(default_factory=lambda: [ProbeSetSpec("train")])
     max_tokens_per_batch: int = field(default=8192, metadata=positive())
+    share_prompts: bool = True  # each prompt's forward once, reused by every response type
+    # Which n examples of a split a probing set takes: a sample by this seed (None: the run's seed).
+    sample_seed: int | None = field(default=None, metadata=non_negative())
     influence: InfluenceSpec | None = None
     entk: EntkSpec | None = None
 
@@ -137,7 +148,7 @@ class StageSpec:
 @dataclass
 class ExperimentSpec:
     name: str = "experiment"
-    seed: int = 0
+    seed: int = field(default=0, metadata={CHECK: (lambda v: 0 <= v < 2**32, "must be in [0, 2**32)")})
     backend: str = "auto"
     tags: list[str] = field(default_factory=list)
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -153,7 +164,7 @@ class ExperimentSpec:
             raise SpecError("stages: needs at least one stage, e.g. [{loss: sft, epochs: 1}]")
         names = [s.name for s in self.stages if s.name]
         if len(names) != len(set(names)):
-            raise SpecError(f"stages: stage names must be unique, got {names}")
+            raise SpecError(f"stages: stage names must be unique, got {preview(names)}")
         for i, stage in enumerate(self.stages):
             stage.name = stage.name or f"{i}-{stage.loss}"
 
@@ -162,44 +173,42 @@ class ExperimentSpec:
 
 
 def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
-    """Plugin names in the spec must be installed; loss hyper-parameters must be the loss's."""
+    """Plugin names in the spec must be installed; loss hyper-parameters must be the loss's, and
+    within the constraints the loss declares (``LossDefinition.check_params``)."""
+    from ldreg.errors import closest
+
     for i, stage in enumerate(spec.stages):
         if stage.loss not in plugins.losses:
-            raise SpecError(f"stages[{i}].loss: no loss named {stage.loss!r}{closest(stage.loss, plugins.losses.names())}; "
-                            f"installed: {', '.join(plugins.losses.names())}")
-        defaults = plugins.losses.get(stage.loss).defaults
+            raise SpecError(f"stages[{i}].loss: {plugins.losses.missing(stage.loss)}")
+        loss = plugins.losses.get(stage.loss)
+        defaults = loss.defaults
         for key in stage.params:
             if key not in defaults:
-                raise SpecError(f"stages[{i}].params.{key}: loss {stage.loss!r} has no such hyper-parameter"
-                                f"{closest(key, defaults)}; it accepts: {', '.join(sorted(defaults)) or 'none'}")
+                raise SpecError(f"stages[{i}].params.{preview(key, 40, quote=False)}: loss {stage.loss!r} has no such "
+                                f"hyper-parameter{closest(key[:100], defaults)}; it accepts: "
+                                f"{', '.join(sorted(defaults)) or 'none'}")
+        problems = loss.check_params(dict(stage.params)) if stage.params else []
+        if problems:
+            raise SpecError(f"stages[{i}].params.{problems[0]} (loss {stage.loss!r})")
     wanted = spec.probing.all_types()
     for name in wanted:
         if name not in plugins.responses:
-            raise SpecError(f"probing.response_types: no response type {name!r}{closest(name, plugins.responses.names())}; "
-                            f"installed: {', '.join(plugins.responses.names())}")
+            raise SpecError(f"probing.response_types: {plugins.responses.missing(name)}")
     if spec.backend != "auto" and spec.backend not in plugins.backends:
-        raise SpecError(f"backend: no backend {spec.backend!r}{closest(spec.backend, plugins.backends.names())}; "
+        raise SpecError(f"backend: no backend {preview(spec.backend)}{closest(spec.backend[:100], plugins.backends.names())}; "
                         f"installed: auto, {', '.join(plugins.backends.names())}")
 
 
 # ---------------------------------------------------------------- reading files and overrides
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Safe YAML only: a spec is data, never code."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    """Safe YAML only (a spec is data, never code), within ``ldreg.yamlsafe``'s limits."""
+    data = yamlsafe.load_file(path)
     if data is None:
-        return {}
+        raise SpecError(f"{path}: empty; write the spec as YAML keys (see experiments/ and queries/ for examples)")
     if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec is a YAML mapping of keys to values, got {type(data).__name__}")
+        raise SpecError(f"{path}: a spec is a YAML mapping of keys to values (key: value), "
+                        f"got {type(data).__name__}")
     return data
 
 
@@ -207,23 +216,47 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The spec's mapping with every ``include:`` merged in (the including file wins)."""
     path = Path(path).resolve()
     if path in _seen:
-        raise SpecError(f"{path}: includes itself (via {' -> '.join(p.name for p in _seen)})")
+        chain = " -> ".join(p.name for p in (*_seen, path))
+        raise SpecError(f"{_seen[-1]}: include: cycle {chain}; remove one of these includes")
+    if len(_seen) >= MAX_INCLUDE_DEPTH:
+        raise SpecError(f"{_seen[-1]}: include: more than {MAX_INCLUDE_DEPTH} files deep; flatten the chain")
     data = read_yaml(path)
     include = data.pop("include", None)
-    includes = [include] if isinstance(include, str) else (include or [])
+    includes = [include] if isinstance(include, str) else include
+    if includes is None:
+        includes = []
+    if not isinstance(includes, list) or not all(isinstance(i, str) and i for i in includes):
+        raise SpecError(f"{path}: include: expected a file name or a list of them, got {preview(include)}")
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = deep_merge(merged, load_raw(path.parent / inc, _seen + (path,)))
+        target = path.parent / inc
+        if not target.is_file():
+            what = "is a folder" if target.is_dir() else "no such file"
+            raise SpecError(f"{path}: include: {preview(inc, quote=False)}: {what} (looked for {preview(str(target), 120, quote=False)}); "
+                            f"include paths are relative to the including file")
+        merged = deep_merge(merged, load_raw(target, _seen + (path,)))
     data = deep_merge(merged, data)
     _resolve_paths(data, path.parent)
     return data
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative local paths in a spec are relative to the spec file, not the working directory."""
-    source = data.get("data", {}).get("source") if isinstance(data.get("data"), dict) else None
-    if isinstance(source, str) and (source.startswith("./") or source.startswith("../")):
-        data["data"]["source"] = str((base / source).resolve())
+    """Relative local paths in a spec (``./x``, ``../x``) are relative to the spec file, not the
+    working directory: the data source, the model, each stage's reference and probing-set files."""
+
+    def fix(holder: Any, key: str) -> None:
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(value, str) and (value.startswith("./") or value.startswith("../")):
+            holder[key] = str((base / value).resolve())
+
+    fix(data.get("data"), "source")
+    fix(data.get("model"), "base")
+    for stage in data.get("stages") or [] if isinstance(data.get("stages"), list) else []:
+        fix(stage, "reference")
+    probing = data.get("probing")
+    sets = probing.get("sets") if isinstance(probing, dict) else None
+    for item in sets if isinstance(sets, list) else []:
+        fix(item, "source")
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -241,11 +274,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise SpecError(f"override {item!r}: expected key=value, e.g. seed=3 or stages.1.lr=1e-5")
+            raise SpecError(f"override {preview(item)}: expected key=value, e.g. seed=3 or stages.1.lr=1e-5")
         key, raw = item.split("=", 1)
+        if not key.strip():
+            raise SpecError(f"override {preview(item)}: no key before '='; e.g. seed=3")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = yamlsafe.loads(raw, f"override {preview(key.strip(), 40, quote=False)}")
+        except SpecError as exc:
+            if "not valid YAML" not in str(exc):
+                raise
             value = raw
         node: Any = data
         parts = key.strip().split(".")
@@ -254,10 +291,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             here = ".".join(parts[: depth + 1])
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise SpecError(f"override {key}: {here} is not an index of a list of {len(node)}")
+                    raise SpecError(f"override {preview(key, quote=False)}: {preview(here, quote=False)} is not an index "
+                                    f"of a list of {len(node)}")
                 part = int(part)
             elif not isinstance(node, dict):
-                raise SpecError(f"override {key}: {'.'.join(parts[:depth])} is not a mapping")
+                raise SpecError(f"override {preview(key, quote=False)}: {preview('.'.join(parts[:depth]), quote=False)} "
+                                f"is not a mapping")
             if last:
                 node[part] = value
             else:

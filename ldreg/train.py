@@ -17,19 +17,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ldreg.backends import Backend
-from ldreg.dynamics.logprobs import Batch, EncodedPair, collate, sequence_logps
+from ldreg.dynamics.logprobs import Batch, EncodedPair, collate, model_sequence_logps, sequence_logps
 from ldreg.dynamics.residual import summarize_residual
 from ldreg.errors import LdregError
-from ldreg.losses import LossDefinition, SequenceLogps
+from ldreg.losses import LossDefinition, NonFiniteLoss, SequenceLogps, checked_call  # noqa: F401 (NonFiniteLoss re-exported)
 from ldreg.models import frozen_copy
 from ldreg.observations import Observation, ObservationSink
 from ldreg.spec import StageSpec
 
 LogScalar = Callable[[str, float, int], None]
-
-
-class NonFiniteLoss(LdregError):
-    """A loss became NaN or infinite: stop, naming the stage and step, rather than train on garbage."""
 
 
 @dataclass
@@ -98,6 +94,7 @@ class Trainer:
     autocast_dtype: torch.dtype | None = None  # mixed precision of the forward (bf16 on GPUs)
     reference_dtype: torch.dtype | None = None  # the frozen reference's weights (the authors: fp16)
     clock: Clock = field(default_factory=Clock)
+    _observed_at: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     def run(self, stages: Sequence[StageSpec], data: Sequence[EncodedExample], resume: dict | None = None) -> Clock:
         """Train every stage in order; with ``resume`` (a checkpoint), continue exactly where it was."""
@@ -207,21 +204,20 @@ class Trainer:
         if rejected is not None:
             inputs.rejected, inputs.rejected_tokens = logps[b:], counts[b:]
         if reference is not None:
-            with torch.no_grad(), self.backend.autocast(self.autocast_dtype):
-                ref_logits = reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                ref_logps, _ = sequence_logps(ref_logits, batch.labels)
+            # inference mode, logits at response positions only; the clone is an ordinary constant tensor
+            with torch.inference_mode(), self.backend.autocast(self.autocast_dtype):
+                ref_logps, _ = model_sequence_logps(reference, batch)
+            ref_logps = ref_logps.clone()
             inputs.ref_chosen = ref_logps[:b]
             if rejected is not None:
                 inputs.ref_rejected = ref_logps[b:]
         probs = [e.chosen_prob for e in examples]
         if all(p is not None for p in probs):  # soft win probabilities, where the data has them
             inputs.chosen_prob = torch.tensor(probs, dtype=torch.float32, device=device)
-        out = loss_def(inputs, **stage.params)
-        if not torch.isfinite(out.loss):
-            raise NonFiniteLoss(
-                f"stage {self.clock.stage!r}, step {self.clock.step + 1}: loss is {float(out.loss.detach())}; "
-                f"lower the learning rate ({stage.lr}) or check the data"
-            )
+        # the one guard for loss plugins: a LossOutput, 0-dim, finite, with grad, or a message naming the
+        # plugin, stage and step; a NaN is blamed on the model only when its log-probs were already NaN
+        out = checked_call(loss_def, inputs, stage.params, where=f"stage {self.clock.stage!r}, step {self.clock.step + 1}",
+                           diverged=f"lower the learning rate ({stage.lr}) or check the data")
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -256,7 +252,11 @@ class Trainer:
         return metrics
 
     def _observe(self) -> None:
-        if self.observer is not None:
+        """Probe now, unless this stage already probed at this step (a stage ending on the probe
+        schedule must not probe, emit and count its final step twice)."""
+        where = (self.clock.stage_index, self.clock.step)
+        if self.observer is not None and where != self._observed_at:
+            self._observed_at = where
             self.observer(self.model, self.clock)
 
 

@@ -18,8 +18,8 @@ os.environ.setdefault("LDREG_CPU_THREADS", "1")
 pytest_plugins = ["db_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-AUTHORS_PROBES = SHARED / "data" / "authors-probes" / "helpful-base"
+# The authors' probing files ship in the package (ldreg/data/resources/authors-probes).
+AUTHORS_PROBES = REPO / "ldreg" / "data" / "resources" / "authors-probes" / "helpful-base"
 
 
 def _gpu_available() -> bool:

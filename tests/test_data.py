@@ -59,10 +59,53 @@ def test_wrong_format_names_the_missing_fields(tmp_path):
     path = write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": "a"}])
     with pytest.raises(DataError, match="cannot tell the dataset format"):
         load_preferences(path)
-    with pytest.raises(DataError, match="missing prompt"):
+    with pytest.raises(DataError, match=r"x\.jsonl: row 0 \(line 1\): missing fields 'prompt', 'chosen', 'rejected'"):
         load_preferences(path, format="jsonl")
     with pytest.raises(DataError, match="unknown dataset format"):
         load_preferences(path, format="csv")
+
+
+GOOD = {"prompt": "Q?", "chosen": " yes.", "rejected": " no."}
+
+
+@pytest.mark.parametrize("bad_row, message", [
+    ({"prompt": "Q?", "rejected": " no."}, r"row 2 \(line 3\): missing field 'chosen'"),
+    ({**GOOD, "chosen": None}, r"row 2 \(line 3\): field 'chosen' is null"),
+    ({**GOOD, "rejected": ["a", "b"]}, r"row 2 \(line 3\): field 'rejected' must be a string, got list"),
+    ({**GOOD, "chosen": ""}, r"row 2 \(line 3\): field 'chosen' is empty"),
+    ({**GOOD, "chosen_prob": "high"}, r"row 2 \(line 3\): chosen_prob='high' is not a probability"),
+])
+def test_a_bad_row_is_never_trained_on_as_the_string_none(tmp_path, bad_row, message):
+    """The loader the run itself uses (not only --dry-run) refuses the row, naming file, row and field."""
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, bad_row, GOOD])
+    with pytest.raises(DataError, match=r"d\.jsonl: " + message):
+        load_preferences(path)
+    assert len(load_preferences(path, limit=2)) == 2  # rows before it are fine (and limit stops early)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", r"empty \(no rows\)"),
+    (b"\n  \n", r"empty \(no rows\)"),
+    (b'{"prompt": "caf\xe9"}\n', r"line 1: byte 0xe9 at column \d+ is not UTF-8"),
+    (b'{"prompt": "Q?", "chosen": " a"\n', r"line 1: not valid JSON at column \d+"),
+    (b'{"prompt": "Q?", "chosen": " a", "rejected": " b"}\n["Q?", " a", " b"]\n', r"line 2: expected a JSON object"),
+    (b'["Q?", " a", " b"]\n', r"item 0: expected a JSON object, got str"),
+    (b'\x00\x01\x02binary', r"a binary file, not JSON lines"),
+])
+def test_a_broken_file_is_one_message_naming_file_and_line(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"d\.jsonl: " + message):
+        load_preferences(path)
+
+
+def test_a_json_array_file_reads_like_json_lines(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([GOOD, {**GOOD, "prompt": "Other?"}]), encoding="utf-8")
+    assert [e.prompt for e in load_preferences(path)] == ["Q?", "Other?"]
+    path.write_text(json.dumps([GOOD, {"prompt": "Other?"}]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 1 \(line 2\): missing fields 'chosen', 'rejected'"):
+        load_preferences(path)
 
 
 # --- truncation -------------------------------------------------------------------------------
@@ -135,3 +178,17 @@ def test_real_tokenizer_tokenises_response_separately(tiny_model_dir):
     assert pair.response_ids[-1] == tok.eos_token_id
     assert tok.decode(list(pair.response_ids[:-1])) == " Hello there"
     assert tok.decode(list(pair.prompt_ids)) == "\n\nHuman: hi\n\nAssistant:"
+
+
+def test_the_report_names_the_rows_that_lost_tokens():
+    tok = CharTokenizer()
+    limits = TokenLimits(max_length=20, max_prompt_length=8, truncation_mode="keep_start")
+    report = TruncationReport()
+    for row, response in enumerate(["short", "x" * 500, "y" * 40]):
+        encode_preference(tok, "prompt", response, "no", limits, report, row=row)
+    assert report.rows == {1: 500 + 1 - 12, 2: 40 + 1 - 12}  # each cut to 12 response tokens, EOS included
+    warning = report.warning()
+    assert warning.startswith("warning: truncated 2 of 6 pairs")  # (prompt, response) pairs: 2 per row
+    assert "row 1 (489 tokens), row 2 (29 tokens)" in warning
+    assert report.as_dict()["rows"] == 2  # the run's result stores the count (BSON keys must be strings)
+    assert TruncationReport().warning() is None

@@ -1,61 +1,169 @@
-"""Findings are computed from probe means; hand-built curves give known verdicts and numbers."""
+"""Findings judged on per-example buckets stored in the real server: held, did not hold, inconclusive.
 
-import pandas as pd
+Each synthetic type is built so that its verdict is known before the test runs: a clear rise, a
+rise with no fall, pure noise, a length effect that vanishes per token, a curve that differs from
+its baseline everywhere but at the last point.
+"""
+
+import json
+
+import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from ldreg import findings as F
+from ldreg import findings_table
+from ldreg.cli import main
 from ldreg.observations import Observation
 from ldreg.store.sink import StoreSink
 
-
-def _frame(curves: dict[tuple[int, int, str], list[float]], every: int = 10) -> pd.DataFrame:
-    rows = []
-    for (run, stage, rtype), values in curves.items():
-        for i, v in enumerate(values):
-            rows.append({"run_id": run, "stage": str(stage), "stage_index": stage, "step": i,
-                         "examples_seen": stage * 1000 + i * every, "response_type": rtype, "mean": v})
-    return pd.DataFrame(rows)
+N = 40  # probe examples
+STEPS = 7  # probes per stage: fractions 0, 1/6, ..., 1; the peak window is the probes at 1/6 and 1/3
 
 
-def test_sft_findings_on_hand_built_curves():
-    frame = _frame({
-        (1, 0, "chosen"): [-100, -90, -80],
-        (1, 0, "rejected"): [-100, -98, -105],           # rises then falls
-        (1, 0, "chosen_rephrase_semantic"): [-90, -95, -99],  # only falls
-        (1, 0, "chosen_permuted"): [-120, -125, -130],
-        (1, 0, "irrelevant_train"): [-100, -97, -95],    # rises by 5 < 20
-    })
-    assert F.sft_raises_chosen(frame, 1).held and F.sft_raises_chosen(frame, 1).numbers["end"] == -80
-    rf = F.rise_then_fall(frame, 1)
-    assert rf.numbers["rejected"]["peak"] == -98 and rf.numbers["rejected"]["peak_at_examples"] == 10
-    assert rf.held is False  # one of two types rose and fell: not a majority
-    assert F.permutations_fall(frame, 1).held
-    other = F.other_prompts_rise_slower(frame, 1)
-    assert other.held and other.numbers["irrelevant_train"] == 5
-
-
-def test_dpo_squeeze_and_extend():
-    frame = _frame({
-        (2, 1, "chosen"): [-80, -82, -85], (2, 1, "rejected"): [-90, -100, -120],
-        (3, 1, "chosen"): [-80, -81, -82], (3, 1, "rejected"): [-90, -96, -110],
-    })
-    argmax = _frame({(2, 1, "chosen"): [-40, -35, -30]})
-    sq = F.dpo_squeeze(frame, 2, argmax)
-    assert sq.held and sq.numbers["margin"] == pytest.approx(25) and sq.numbers["argmax_confidence"] == 10
-    ext = F.extend_slows_decay(frame, baseline=2, extend=3, types=("chosen", "rejected"))
-    # margins: baseline 0, 8, 25; extend 0, 5, 18 -> equal margin 18: baseline reaches it at step 2
-    assert ext.numbers["equal_margin"] == 18
-    assert ext.numbers["chosen"]["at_margin"] == {"baseline": -5.0, "extend": -2.0}
-    assert ext.held
-
-
-def test_probe_means_average_in_the_database(db):
-    sink = StoreSink(7, db=db)
-    for step, values in ((0, [-1.0, -3.0]), (1, [-2.0, -6.0])):
-        sink.emit(Observation(kind="probe", step=step, examples_seen=step * 4, stage="sft", stage_index=0,
-                              probe_set="train", response_type="chosen", example_ids=[0, 1],
-                              values={"logp_sum": values}))
+def _store(db, run_id: int, curves: dict[str, np.ndarray], stage_index: int = 0, tokens: dict[str, int] | None = None,
+           argmax: np.ndarray | None = None) -> None:
+    """``curves``: type -> per-token log-probs, probes x examples; stored as buckets (summed = per token x tokens)."""
+    sink = StoreSink(run_id, db=db)
+    ids = list(range(100, 100 + N))
+    for rtype, per_token in curves.items():
+        n = (tokens or {}).get(rtype, 10)
+        for step, row in enumerate(per_token):
+            values = {"logp_sum": row * n, "n_tokens": np.full(N, float(n)), "logp_mean": row}
+            if argmax is not None and rtype == "chosen":
+                values["argmax_logp"] = argmax[step]
+            sink.emit(Observation(kind="probe", step=stage_index * 100 + step, examples_seen=stage_index * 1000 + step * 50,
+                                  stage=f"s{stage_index}", stage_index=stage_index, probe_set="train",
+                                  response_type=rtype, example_ids=ids, values=values))
     sink.close()
-    frame = F.probe_means(db, [7])
-    assert frame["mean"].tolist() == [-2.0, -4.0]
-    assert F.sft_raises_chosen(frame, 7).held is False
+
+
+def _curve(rng, shape: list[float], noise: float = 0.05, level: float = -5.0) -> np.ndarray:
+    """Per-token curves: every example follows ``shape`` from its own level, plus noise per probe."""
+    start = level + rng.normal(0, 1.0, N)
+    return np.array([start + s + rng.normal(0, noise, N) for s in shape])
+
+
+@pytest.fixture
+def sft_run(db):
+    rng = np.random.default_rng(0)
+    _store(db, 1, {
+        "chosen": _curve(rng, [0, 1, 2, 3, 4, 5, 6]),
+        "rejected": _curve(rng, [0, 0.3, 0.3, -0.2, -0.5, -0.8, -1.0]),          # rises, then falls
+        "chosen_rephrase_semantic": _curve(rng, [0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]),  # only rises
+        "random_sentence": _curve(rng, [0] * STEPS, noise=0.5),                   # noise
+        "chosen_permuted": _curve(rng, [0, -0.2, -0.4, -0.6, -0.8, -1.0, -1.2]),
+        "irrelevant_train": _curve(rng, [0, 1, 2, 3, 4, 5, 6], noise=0.3),        # as fast as y+ per token
+    }, tokens={"chosen": 30, "irrelevant_train": 20})
+    return F.Curves(db)
+
+
+def test_sft_findings_each_type_on_its_own(sft_run):
+    raises = F.sft_raises_chosen(sft_run, 1, seed=3)
+    (chosen,) = raises.types
+    test = chosen.tests[0]
+    assert raises.verdict == "held" and raises.held is True and raises.seeds == [3] and raises.runs == [1]
+    assert test.summed.n == N and test.summed.mean == pytest.approx(6 * 30, abs=1.0)  # 6 nats/token x 30 tokens
+    assert test.per_token.mean == pytest.approx(6, abs=0.05) and test.summed.level == pytest.approx(0.95)
+
+    rf = F.rise_then_fall(sft_run, 1)
+    verdicts = {t.response_type: t.verdict for t in rf.types}
+    assert verdicts == {"rejected": "held", "chosen_rephrase_semantic": "did not hold", "random_sentence": "inconclusive"}
+    assert rf.verdict == "did not hold" and rf.held is False  # no majority vote: one type failed
+    rejected = next(t for t in rf.types if t.response_type == "rejected")
+    rise, fall = rejected.tests
+    assert rise.summed.mean == pytest.approx(3.0, abs=0.3) and fall.summed.mean == pytest.approx(-13.0, abs=0.3)
+    # three types tested together, Holm's steps: 0.05/3, 0.05/2, 0.05 (the noise last)
+    levels = {t.response_type: t.level for t in rf.types}
+    assert sorted(levels.values()) == pytest.approx([0.95, 0.975, 1 - 0.05 / 3])
+    assert levels["random_sentence"] == pytest.approx(0.95)
+
+    assert F.permutations_fall(sft_run, 1).verdict == "held"
+
+
+def test_a_length_effect_is_not_a_slower_rise(sft_run):
+    other = F.other_prompts_rise_slower(sft_run, 1)
+    rises, slower = other.types[0].tests
+    assert rises.judged.excludes_zero() == 1
+    # summed nats: y+ (30 tokens) gains 180, other prompts (20 tokens) 120 -- a gap of 60 nats, all length
+    assert slower.summed.mean == pytest.approx(60, abs=3) and slower.summed.low > 0
+    assert slower.unit == "nats/token" and slower.per_token.low < 0 < slower.per_token.high
+    assert other.verdict == "inconclusive"
+
+
+def test_dpo_squeeze_and_extend_over_the_whole_curve(db):
+    rng = np.random.default_rng(1)
+    base_chosen = [0, -0.4, -0.8, -1.0, -1.0, -1.0, -1.0]
+    _store(db, 2, {"chosen": _curve(rng, base_chosen), "rejected": _curve(rng, [0, -1, -2, -3, -4, -5, -6]),
+                   "random_sentence": _curve(rng, [0, -1, -1, -1, -1, -1, -1])},
+           stage_index=1, argmax=_curve(rng, [0, 0.5, 1, 1.5, 2, 2.5, 3]))
+    # extend: y+ decays later but ends where the baseline ends (the last point ties)
+    _store(db, 3, {"chosen": _curve(rng, [0, -0.1, -0.2, -0.4, -0.6, -0.8, -1.0]),
+                   "rejected": _curve(rng, [0, -1, -2, -3, -4, -5, -6]),
+                   "random_sentence": _curve(rng, [0, -1, -1, -1, -1, -1, -1])}, stage_index=1)
+    curves = F.Curves(db)
+    sq = F.dpo_squeeze(curves, 2, stage=1)
+    assert {t.response_type: t.verdict for t in sq.types} == {
+        "chosen": "held", "rejected": "held", "margin": "held", "argmax_confidence": "held"}
+    assert sq.verdict == "held"
+    ext = F.extend_slows_decay(curves, baseline=2, extend=3, stage=1)
+    by_type = {t.response_type: t for t in ext.types}
+    area = by_type["chosen"].tests[0]
+    # mean over the stage of the gap between the curves (trapezoids on 1/6 steps), x 10 tokens
+    gap = np.array([0, 0.3, 0.6, 0.6, 0.4, 0.2, 0.0]) * 10
+    assert area.summed.mean == pytest.approx(np.trapezoid(gap, np.linspace(0, 1, 7)), abs=0.3)
+    assert by_type["chosen"].verdict == "held" and by_type["rejected"].verdict == "inconclusive"
+    assert ext.verdict == "inconclusive"
+
+
+def test_pooling_over_seeds(db):
+    rng = np.random.default_rng(2)
+    for run in (11, 12, 13):
+        _store(db, run, {"chosen": _curve(rng, [0, 1, 2, 3, 4, 5, 6 + 0.5 * (run - 12)])})
+    curves = F.Curves(db)
+    per_seed = [F.sft_raises_chosen(curves, run, seed=run - 10) for run in (11, 12, 13)]
+    pooled = F.pool(per_seed)
+    (chosen,) = pooled.types
+    assert pooled.seeds == [1, 2, 3] and pooled.runs == [11, 12, 13]
+    assert chosen.tests[0].summed.n == 3 and chosen.tests[0].summed.mean == pytest.approx(60, abs=0.5)
+    assert pooled.verdict == "held" and chosen.seed_verdicts == {1: "held", 2: "held", 3: "held"}
+    # two seeds: held only when both held
+    _store(db, 14, {"chosen": _curve(rng, [0] * STEPS, noise=0.5)})
+    two = F.pool([per_seed[0], F.sft_raises_chosen(curves, 14, seed=4)])
+    assert two.types[0].seed_verdicts == {1: "held", 4: "inconclusive"} and two.verdict == "inconclusive"
+
+
+def test_findings_json_and_readme_come_from_the_same_data(sft_run, tmp_path):
+    pooled = [F.pool([F.sft_raises_chosen(sft_run, 1, seed=1)]), F.pool([F.rise_then_fall(sft_run, 1, seed=1)])]
+    tuning = [{"parameter": "lr", "value": "1e-4", "where": "x.yaml", "seed": 0, "also_inspected": [],
+               "why": "y+ falls", "affects": "DPO"}]
+    doc = findings_table.document(pooled, command="ldreg demo --seeds 1", scale="test", seeds=[1],
+                                  runs={"sft-only": {1: 1}}, tuning=tuning, shared="the base model")
+    json_path, md_path = findings_table.write(doc, tmp_path)
+    stored = json.loads(json_path.read_text())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{findings_table.START}\nold hand-typed table\n{findings_table.END}\nafter\n")
+    result = CliRunner().invoke(main, ["findings", "--json", str(json_path), "--readme", str(readme)])
+    assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    assert "old hand-typed table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith("after\n")
+    assert md_path.read_text() in text  # the README block is findings.md, rendered from findings.json
+    change = stored["findings"][0]["per_seed"][0]["types"][0]["tests"][0]["change"]
+    assert f"{change:+.2f}" in text and "runs #1" in text and "chosen on seed 0" in text
+    assert "That seed is not among those reported." in text
+    # a README without the markers gets one line naming the file and the fix
+    (tmp_path / "bare.md").write_text("# nothing\n")
+    bad = CliRunner().invoke(main, ["findings", "--json", str(json_path), "--readme", str(tmp_path / "bare.md")])
+    assert bad.exit_code == 2 and "bare.md: needs one line" in bad.output
+
+
+def test_findings_speak_the_response_types_own_labels():
+    """Captions (from the findings) and panels (from the plugins' labels) use one vocabulary."""
+    from ldreg.findings import LABELS
+    from ldreg.registry import get_plugins
+
+    responses = get_plugins().responses
+    shared = [name for name in LABELS if name in responses]
+    assert len(shared) >= 10
+    for name in shared:
+        assert LABELS[name] == responses.get(name).label, name

@@ -102,7 +102,7 @@ def test_ema_restarts_each_stage(filled):
 def test_quantities_get_their_own_series_labels(filled):
     frame = curves_frame(filled, select_runs(filled, ids=[1]),
                          [Pick(response_types=["chosen"]), Pick(quantity="argmax_logp", response_types=["chosen"])])
-    assert set(frame["series"]) == {"chosen", "argmax confidence (chosen)"}
+    assert set(frame["series"]) == {"chosen", "argmax confidence (on chosen)"}  # runs without labels: names
     assert _row(frame, quantity="argmax_logp", step=0)["mean"] == pytest.approx(4.25 / 2)
 
 

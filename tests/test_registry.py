@@ -60,7 +60,8 @@ def test_misspelt_hook_fails_at_start_up():
         def ldreg_register_loses(self, registry):
             pass
 
-    with pytest.raises(PluginError, match="does not define"):
+    with pytest.raises(PluginError, match=r"plugin 'Typo': ldreg_register_loses is not an ldreg hook "
+                                          r"\(did you mean ldreg_register_losses\?\)"):
         load_plugins([Typo()])
 
 

@@ -55,7 +55,7 @@ def test_crash_keeps_observations_and_resume_equals_uninterrupted(mongo_server, 
     full = run_experiment(_spec(clean), progress=False, plugins=clean)
 
     crashing = load_plugins([CrashingSFT(crash_on=4)])
-    with pytest.raises(Boom):
+    with pytest.raises(Exception, match="simulated crash"):  # Boom, or the guard's message naming it
         run_experiment(_spec(crashing), progress=False, plugins=crashing)
     crashed_id = db.runs.find_one({"experiment.name": "resume-test"}, sort=[("_id", -1)])["_id"]
     assert crashed_id != full.run_id

@@ -42,9 +42,11 @@ def test_authors_draws_start_where_the_notebook_does():
     peaky = sq.run_case("peak_negative")
     assert peaky.before[list(sq.PEAKY_CLASSES)].sum() > 0.99
     assert peaky.before[42] < 1e-8  # class 42 is a deep valley
-    # checked once against the notebook's own numpy code: the peak is class 8, not 11
-    assert peaky.argmax == 8
+    # checked once against the notebook's own numpy code: the peak is class 8, not the notebook's 11
     np.testing.assert_allclose(peaky.before[[8, 7, 11]], [0.763, 0.189, 0.0293], rtol=2e-3)
+    # so the "peak" case pushes class 8, and the most likely class left (Claim 2's y*) is 7
+    assert peaky.negative_targets == [int(np.argmax(peaky.before))] == [8]
+    assert peaky.argmax == 7
 
 
 def test_authors_cases_show_the_paper_pattern():
@@ -55,11 +57,16 @@ def test_authors_cases_show_the_paper_pattern():
     assert sq.target_falls(flat) and sq.fraction_falling(flat) == 0.0
     assert np.ptp(flat.alpha[sq.bystanders(flat)]) < 0.05
 
-    for name in ("peak_negative", "valley_negative", "large_vocab"):  # squeezed into the argmax
+    for name in ("valley_negative", "large_vocab"):  # squeezed into the argmax
         r = sq.run_case(name)
         assert sq.target_falls(r) and sq.argmax_rises(r)
         assert sq.fraction_falling(r) > 0.99, name
         assert sq.argmax_gain(r) > 0.2, name
+    # pushing the peak down frees its mass: the runner-up takes most, and no other class falls
+    # (Claim 4: the lower the pushed class, the harder the squeeze)
+    peak = sq.run_case("peak_negative")
+    assert sq.target_falls(peak) and sq.argmax_rises(peak) and sq.argmax_gain(peak) > 0.2
+    assert sq.fraction_falling(peak) == 0.0 < sq.fraction_falling(sq.run_case("valley_negative"))
 
 
 def test_equal_and_opposite_steps_cancel_on_other_logits():
@@ -166,12 +173,15 @@ def test_squeeze_charts_render_offline(tmp_path):
 
     frame = charts.squeeze_frame(sq.run_case("peak_negative"))
     assert set(frame["role"]) == {"pushed down", "argmax", "other"}
-    assert frame.loc[frame["role"] == "pushed down", "class"].unique().tolist() == [11]
+    pushed = frame.loc[frame["role"] == "pushed down", "class"].unique().tolist()
+    before = frame[frame["phase"] == charts.BEFORE]
+    assert pushed == [int(before.loc[before["prob"].idxmax(), "class"])] == [8]  # the peak, as the panel says
 
     panel = charts.squeeze_panel(sq.run_all())
     spec = panel.to_dict()
     assert len(spec["vconcat"]) == len(sq.CASES)
     assert "valley_negative: negative step (eta=-0.5) on class 42" in str(spec)
+    assert "peak_negative: negative step (eta=-0.5) on the peak, class 8" in str(spec)
     assert "'title': 'probability'" in str(spec) and "'title': 'class'" in str(spec)
     panel.save(tmp_path / "squeeze.png")
     assert (tmp_path / "squeeze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -75,7 +75,7 @@ def test_unreachable_database_spools_and_flush_stores_it(db, tmp_path):
     dead = open_client(dead_url, timeout_s=0.2)
     spool = tmp_path / "run-4.jsonl"
     observations = [_obs(i) for i in range(40)]
-    sink = StoreSink(4, dead[db.name], spool_path=spool, batch_size=8, retry_interval_s=0.1)
+    sink = StoreSink(4, dead[db.name], spool_path=spool, batch_size=8, retry_interval_s=0.1, final_wait_s=0.3)
     for obs in observations:
         sink.emit(obs)
     counts = sink.close()

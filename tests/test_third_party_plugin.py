@@ -62,6 +62,31 @@ def test_installed_loss_is_usable_by_name_in_a_spec(installed_plugin, monkeypatc
 
 def test_restricting_plugins_leaves_it_out(installed_plugin, monkeypatch):
     monkeypatch.setenv("LDREG_PLUGINS", "someone_else")
-    assert "hello_hinge" not in registry.load_plugins().losses
-    monkeypatch.setenv("LDREG_PLUGINS", "hello")
-    assert "hello_hinge" in registry.load_plugins().losses
+    with pytest.warns(registry.PluginWarning, match=r"'someone_else', which no installed plugin has.*ldreg-hello"):
+        plugins = registry.load_plugins()
+    assert "hello_hinge" not in plugins.losses
+    with pytest.raises(registry.PluginError, match=r"loss 'hello_hinge' is installed but excluded by "
+                                                   r"LDREG_PLUGINS='someone_else': it comes from plugin 'hello', "
+                                                   r"ldreg-hello 0.1.0; add ldreg-hello to LDREG_PLUGINS"):
+        plugins.losses.get("hello_hinge")
+    with pytest.raises(registry.PluginError, match=r"no loss named 'nothing_like_it'"):
+        plugins.losses.get("nothing_like_it")
+    for selection in ("hello", "ldreg-hello", "LDREG_hello"):  # entry-point or distribution name
+        monkeypatch.setenv("LDREG_PLUGINS", selection)
+        assert "hello_hinge" in registry.load_plugins().losses
+
+
+def test_the_plugin_is_recorded_with_its_version_and_guarded(installed_plugin):
+    plugins = registry.load_plugins()
+    assert {"plugin": "hello", "distribution": "ldreg-hello", "version": "0.1.0"} in plugins.versions()
+    loss = plugins.losses.get("hello_hinge")
+    assert loss.check_params({"beta": -1.0, "margin": 2.0}) == ["beta: must be > 0 (got -1.0)"]
+    import torch
+    from ldreg.losses import NonFiniteLoss, SequenceLogps
+
+    nan = SequenceLogps(chosen=torch.tensor([-1.0]), chosen_tokens=torch.tensor([1]),
+                        rejected=torch.tensor([-2.0]), rejected_tokens=torch.tensor([1]),
+                        ref_chosen=torch.tensor([float("nan")]), ref_rejected=torch.tensor([-1.0]))
+    with pytest.raises(NonFiniteLoss, match=r"ref_chosen: 1 of 1\), so the model diverged, not loss 'hello_hinge' "
+                             r"\(plugin 'hello', ldreg-hello 0.1.0\)"):
+        loss(nan)

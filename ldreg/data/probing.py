@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,12 +20,13 @@ from typing import Any, Iterable, Sequence
 from ldreg.data.errors import DataError
 from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_ids, response_token_ids, token_ids
 from ldreg.dynamics.logprobs import EncodedPair
+from ldreg.errors import LdregError, PluginError
 from ldreg.responses import GenerationContext, PreferenceExample
 
 FORMAT_VERSION = 1
 HEADER_KEY = "ldreg_probing_set"
 
-# The authors' field -> ldreg's response type (README of ../shared/data/authors-probes).
+# The authors' field -> ldreg's response type (README of ldreg/data/resources/authors-probes).
 AUTHORS_FIELDS = {
     "chosen": "chosen",
     "rejected": "rejected",
@@ -88,14 +90,26 @@ class ProbingSet:
         return digest.hexdigest()
 
     def save(self, path: str | Path) -> Path:
+        """Write the set atomically (a temporary file renamed into place): a reader, or the cache,
+        never sees half a file. Every response must be a string."""
         path = Path(path)
+        for kind, texts in self.responses.items():
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise DataError(f"probing set {self.name!r}: type {kind!r} has a {type(texts[bad]).__name__} "
+                                f"for example {self.examples[bad].id}, not a string; not saved")
         path.parent.mkdir(parents=True, exist_ok=True)
         header = {HEADER_KEY: FORMAT_VERSION, "name": self.name, "types": self.types, "count": len(self),
                   "fingerprint": self.fingerprint(), "metadata": self.metadata}
-        with path.open("w", encoding="utf-8") as f:
-            f.write(json.dumps(header, ensure_ascii=False) + "\n")
-            for row in self._rows():
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            with partial.open("w", encoding="utf-8") as f:
+                f.write(json.dumps(header, ensure_ascii=False) + "\n")
+                for row in self._rows():
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -145,18 +159,61 @@ def build_probing_set(examples: Sequence[PreferenceExample], response_types: Seq
     if len(set(response_types)) != len(response_types):
         raise DataError(f"response types listed twice: {sorted(t for t in set(response_types) if list(response_types).count(t) > 1)}")
     generators = {kind: registry.get(kind) for kind in response_types}  # PluginError lists the installed
-    responses = {kind: [gen.generate(ex, ctx) for ex in examples] for kind, gen in generators.items()}
+    origin_of = {r.name: _origin(r) for r in registry.registrations()} if hasattr(registry, "registrations") else {}
+    responses = {kind: [generated(gen, ex, ctx, origin_of.get(kind, "")) for ex in examples]
+                 for kind, gen in generators.items()}
     plugin_of = {r.name: r.plugin for r in registry.registrations()} if hasattr(registry, "registrations") else {}
+    identity = {kind: registry.identity(kind) for kind in generators} if hasattr(registry, "identity") else {}
     metadata = {
         "source": "generated",
         "seed": ctx.seed,
         "options": {k: _json_safe(v) for k, v in ctx.options.items()},
         "pools": {"train": len(ctx.train_pool), "test": len(ctx.test_pool)},
         "generators": {kind: {"plugin": plugin_of.get(kind, ""), "description": gen.description,
+                              **{k: identity[kind][k] for k in ("distribution", "version", "code") if kind in identity},
                               **(gen.provenance(ctx) if hasattr(gen, "provenance") else {})}
                        for kind, gen in generators.items()},
     }
     return ProbingSet(name, list(examples), responses, metadata)
+
+
+def _origin(registration) -> str:
+    dist = getattr(registration, "distribution", "")
+    return f"plugin {registration.plugin!r}" + (f", {dist} {getattr(registration, 'version', '')}".rstrip() if dist else "")
+
+
+def _may_be_empty(generator, example: PreferenceExample) -> bool:
+    return bool(getattr(generator, "needs_model", False)) or not (example.chosen.strip() and example.rejected.strip())
+
+
+def generated(generator, example: PreferenceExample, ctx: GenerationContext, origin: str = "") -> str:
+    """One generator call, checked: a non-empty string, or a PluginError naming plugin, type and example.
+
+    An empty string is accepted only where it is not the generator's doing: for an example whose
+    data already has an empty response (the authors' HH probes have one), or from a generator that
+    samples a model (``needs_model``), whose sample is empty when it emits end-of-sequence first.
+
+    A probing set is saved (and cached) only after every call passed, so nothing bad is stored.
+    """
+    who = f"response type {generator.name!r}" + (f" ({origin})" if origin else "")
+    try:
+        text = generator.generate(example, ctx)
+    except LdregError:
+        raise  # already names what is missing (e.g. a model for a model-based type)
+    except Exception as exc:
+        if isinstance(exc, MemoryError):
+            raise
+        detail = str(exc).replace("\n", " ")
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."
+        raise PluginError(f"{who} raised {type(exc).__name__} for example {example.id}: {detail}; this is a bug "
+                          f"in the generator (LDREG_DEBUG=1 shows its traceback); nothing was cached") from exc
+    if not isinstance(text, str):
+        raise PluginError(f"{who} returned {type(text).__name__} for example {example.id}, not a string: "
+                          f"generate() must return the response text; nothing was cached")
+    if not text.strip() and not _may_be_empty(generator, example):
+        raise PluginError(f"{who} returned an empty string for example {example.id}: a probe needs at least "
+                          f"one token of response; return text, or fail with a message; nothing was cached")
+    return text
 
 
 def import_authors_probes(path: str | Path, name: str | None = None) -> ProbingSet:

@@ -17,7 +17,8 @@ every cut so a run can report how much text it never saw.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 
 from ldreg.data.errors import DataError
 from ldreg.dynamics.logprobs import EncodedPair
@@ -44,9 +45,13 @@ class TokenLimits:
             )
 
 
+ROWS_NAMED = 10  # a warning names at most this many rows (the worst first)
+
+
 @dataclass
 class TruncationReport:
-    """How many pairs were encoded and how many lost prompt or response tokens."""
+    """How many pairs were encoded and how many lost prompt or response tokens (and, for data
+    rows, which rows lost how many), so a run can warn at its start and not only in its result."""
 
     pairs: int = 0
     truncated: int = 0
@@ -54,22 +59,50 @@ class TruncationReport:
     response_truncated: int = 0
     prompt_tokens_dropped: int = 0
     response_tokens_dropped: int = 0
+    rows: dict[int, int] = field(default_factory=dict)  # data row -> tokens it lost
 
-    def record(self, prompt_dropped: int, response_dropped: int) -> None:
+    def record(self, prompt_dropped: int, response_dropped: int, row: int | None = None) -> None:
         self.pairs += 1
         self.truncated += bool(prompt_dropped or response_dropped)
         self.prompt_truncated += bool(prompt_dropped)
         self.response_truncated += bool(response_dropped)
         self.prompt_tokens_dropped += prompt_dropped
         self.response_tokens_dropped += response_dropped
+        if row is not None and (prompt_dropped or response_dropped):
+            self.rows[row] = self.rows.get(row, 0) + prompt_dropped + response_dropped
 
     def merge(self, other: "TruncationReport") -> "TruncationReport":
         for key, value in asdict(other).items():
-            setattr(self, key, getattr(self, key) + value)
+            if key == "rows":
+                for row, lost in value.items():
+                    self.rows[row] = self.rows.get(row, 0) + lost
+            else:
+                setattr(self, key, getattr(self, key) + value)
         return self
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        out = asdict(self)
+        out["rows"] = len(self.rows)  # how many data rows lost tokens (the count, not the list)
+        return out
+
+    def warning(self) -> str | None:
+        """One line for the console when anything was cut, naming the worst data rows; else None."""
+        if not self.truncated:
+            return None
+        worst = sorted(self.rows.items(), key=lambda kv: (-kv[1], kv[0]))[:ROWS_NAMED]
+        named = ", ".join(f"row {row} ({lost:,} tokens)" for row, lost in worst)
+        more = f" and {len(self.rows) - len(worst)} more" if len(self.rows) > len(worst) else ""
+        where = f"; data rows: {named}{more}" if worst else ""
+        return (f"warning: truncated {self.truncated} of {self.pairs} pairs, "
+                f"{self.prompt_tokens_dropped + self.response_tokens_dropped:,} tokens never seen "
+                f"({self.prompt_tokens_dropped:,} prompt, {self.response_tokens_dropped:,} response){where}; "
+                f"raise data.max_length or shorten those rows")
+
+    def warn(self, stream=None) -> None:
+        """Print ``warning()`` to stderr (or ``stream``) when anything was cut."""
+        text = self.warning()
+        if text:
+            print(text, file=stream or sys.stderr, flush=True)
 
     def summary(self) -> str:
         if not self.truncated:
@@ -106,14 +139,14 @@ def truncate_ids(prompt: list[int], responses: list[list[int]], limits: TokenLim
 
 
 def encode_ids(prompt: list[int], responses: list[list[int]], limits: TokenLimits,
-               report: TruncationReport | None = None) -> list[EncodedPair]:
+               report: TruncationReport | None = None, row: int | None = None) -> list[EncodedPair]:
     """EncodedPairs sharing one (possibly truncated) prompt; each cut is recorded in ``report``."""
     cut_prompt, cut_responses = truncate_ids(prompt, responses, limits)
     pairs = []
     for full, cut in zip(responses, cut_responses):
         prompt_dropped, response_dropped = len(prompt) - len(cut_prompt), len(full) - len(cut)
         if report is not None:
-            report.record(prompt_dropped, response_dropped)
+            report.record(prompt_dropped, response_dropped, row)
         pairs.append(EncodedPair(tuple(cut_prompt), tuple(cut), bool(prompt_dropped or response_dropped)))
     return pairs
 
@@ -127,13 +160,14 @@ def encode_pair(tokenizer, prompt: str, response: str, max_prompt_length: int = 
 
 
 def encode_preference(tokenizer, prompt: str, chosen: str, rejected: str, limits: TokenLimits = TokenLimits(),
-                      report: TruncationReport | None = None) -> tuple[EncodedPair, EncodedPair]:
-    """Chosen and rejected with the SAME prompt tokens (rule 2 decided on the longer response)."""
-    chosen_pair, rejected_pair = encode_with_limits(tokenizer, prompt, [chosen, rejected], limits, report)
+                      report: TruncationReport | None = None, row: int | None = None) -> tuple[EncodedPair, EncodedPair]:
+    """Chosen and rejected with the SAME prompt tokens (rule 2 decided on the longer response);
+    ``row`` (the data row) lets the report say which rows lost tokens."""
+    chosen_pair, rejected_pair = encode_with_limits(tokenizer, prompt, [chosen, rejected], limits, report, row)
     return chosen_pair, rejected_pair
 
 
 def encode_with_limits(tokenizer, prompt: str, responses: list[str], limits: TokenLimits,
-                       report: TruncationReport | None = None) -> list[EncodedPair]:
+                       report: TruncationReport | None = None, row: int | None = None) -> list[EncodedPair]:
     prompt_ids = token_ids(tokenizer, prompt)
-    return encode_ids(prompt_ids, [response_token_ids(tokenizer, r, limits) for r in responses], limits, report)
+    return encode_ids(prompt_ids, [response_token_ids(tokenizer, r, limits) for r in responses], limits, report, row)

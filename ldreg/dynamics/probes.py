@@ -24,7 +24,6 @@ the fp32 log-softmax runs over chunks of rows so that a [B, T, V] fp32 tensor is
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from typing import Mapping, Sequence
 
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from ldreg.backends import Backend
 from ldreg.dynamics.batching import length_buckets
-from ldreg.dynamics.logprobs import IGNORE, EncodedPair, collate, sequence_logps
+from ldreg.dynamics.logprobs import IGNORE, EncodedPair, accepts_logits_to_keep, collate, sequence_logps
 from ldreg.observations import Observation
 
 QUANTITIES = ("logp_sum", "n_tokens", "logp_mean", "argmax_logp", "nonargmax",
@@ -99,11 +98,7 @@ def _accumulate(sums: dict[str, Tensor], logits: Tensor, targets: Tensor, rows: 
         sums["n"].index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+_accepts_logits_to_keep = accepts_logits_to_keep
 
 
 def response_logits(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor,

@@ -8,7 +8,10 @@ This is the query layer's Python API::
 
 Columns: run_id, run (the legend label: what differs between the runs), stage, stage_index, step,
 examples_seen, x (aligned examples seen), probe_set, response_type, update_type, quantity,
-series (what a chart calls the curve), mean, median, std, ci_low, ci_high, n (examples, or runs
+response_label and update_label (the types' display labels, see ``ldreg.query.names``),
+series (what a chart calls the curve, in those labels), minus (the type
+subtracted per example, or None), change (``stage_start`` when values are per-example changes
+since the stage's first probe, or None), mean, median, std, ci_low, ci_high, n (examples, or runs
 when seeds are pooled). Asking for what no selected run recorded is an error that lists what
 they did record.
 """
@@ -23,44 +26,53 @@ import pandas as pd
 
 from ldreg.query.errors import QueryError
 from ldreg.query.labels import run_labels, seed_groups
+from ldreg.query.names import difference_label, label_of, response_labels
+from ldreg.query.paired import ensure_derived
 from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, anchors_pipeline, curve_pipeline, recorded,
                                   summarise_pipeline)
 from ldreg.query.select import RunInfo
-from ldreg.registry import closest
+from ldreg.errors import closest  # not ldreg.registry: that imports torch
 
 COLUMNS = ["run_id", "run", "stage", "stage_index", "step", "examples_seen", "x", "probe_set", "response_type",
-           "update_type", "quantity", "series", "mean", "median", "std", "ci_low", "ci_high", "n"]
+           "update_type", "response_label", "update_label", "quantity", "series", "minus", "change", "mean", "median",
+           "std", "ci_low", "ci_high", "n"]
 
-# How a quantity is named on an axis, with its unit.
-QUANTITY_LABELS = {
-    "logp_sum": "log-probability (nats)",
-    "logp_mean": "mean log-probability per token (nats)",
-    "argmax_logp": "argmax confidence (nats)",
-    "nonargmax": "log(1 - p*) summed (nats)",
-    "n_tokens": "tokens",
-    "a_norm": "‖A‖ per token",
-    "a_norm_authors": "‖A‖ per token (authors' form)",
-    "g_norm": "‖G‖ per token",
-    "energy": "energy mean(1 - π(y))",
-    "delta_logp": "Δ log-probability after one step (nats)",
-    "lbk": "LBK |Δ| / (‖A_o‖ ‖G_u‖)",
-    "lbk_signed": "Δ / (‖A_o‖ ‖G_u‖)",
+# How a quantity is named on an axis: (what it is, its unit).
+QUANTITIES = {
+    "logp_sum": ("log π(y|x)", "nats, summed over tokens"),
+    "logp_mean": ("log π(y|x) per token", "nats"),
+    "argmax_logp": ("argmax confidence, log π of the greedy tokens", "nats, summed"),
+    "nonargmax": ("log(1 - p*) summed", "nats"),
+    "n_tokens": ("length", "tokens"),
+    "a_norm": ("‖A‖ per token", ""),
+    "a_norm_authors": ("‖A‖ per token (authors' form)", ""),
+    "g_norm": ("‖G‖ per token", ""),
+    "energy": ("energy mean(1 - π(y))", ""),
+    "delta_logp": ("Δ log π after one step", "nats"),
+    "lbk": ("LBK |Δ| / (‖A_o‖ ‖G_u‖)", ""),
+    "lbk_signed": ("Δ / (‖A_o‖ ‖G_u‖)", ""),
 }
-_SHORT = {"argmax_logp": "argmax confidence", "logp_mean": "per-token log-prob"}
+QUANTITY_LABELS = {q: f"{what} ({unit})" if unit else what for q, (what, unit) in QUANTITIES.items()}
+_SHORT = {"argmax_logp": "argmax confidence", "logp_mean": "per-token log π"}
 
 
 def quantity_label(quantity: str) -> str:
     return QUANTITY_LABELS.get(quantity, quantity)
 
 
-def series_label(pick: Pick, response_type: str, update_type: str | None = None) -> str:
-    """``chosen`` for log-probabilities; ``argmax confidence (chosen)`` for other quantities."""
+def series_label(pick: Pick, response_type: str, update_type: str | None = None,
+                 labels: dict[str, str] | None = None) -> str:
+    """``y+`` for log-probabilities; ``argmax confidence (on y+)`` for other quantities; ``y+ − y-``
+    for a difference. ``labels``: type name -> display label (default: the names)."""
+    labels = labels or {}
+    name = difference_label(response_type, pick.minus, labels) if pick.minus else label_of(response_type, labels)
     if pick.label:
-        return pick.label if not pick.response_types or len(pick.response_types) == 1 else f"{pick.label} ({response_type})"
-    name = response_type if update_type is None else f"{update_type} → {response_type}"
+        return pick.label if not pick.response_types or len(pick.response_types) == 1 else f"{pick.label} ({name})"
+    if update_type is not None:
+        name = f"{label_of(update_type, labels)} → {name}"
     if pick.quantity == "logp_sum":
         return name
-    return f"{_SHORT.get(pick.quantity, pick.quantity)} ({name})"
+    return f"{_SHORT.get(pick.quantity, pick.quantity)} (on {name})"
 
 
 def _stage_anchor(runs: Sequence[RunInfo], align: int | str) -> dict[int, int]:
@@ -103,6 +115,7 @@ def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", 
     checks = [("quantity", [pick.quantity], have.quantities)]
     if summarised:
         checks += [("response_types", pick.response_types, have.response_types),
+                   ("minus", [pick.minus] if pick.minus is not None else None, have.response_types),
                    ("update_types", pick.update_types, have.update_types),
                    ("probe_set", [pick.probe_set] if pick.probe_set is not None else None, have.probe_sets)]
     for name, wanted, there in checks:
@@ -138,7 +151,7 @@ def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> i
         key = f"{run.id}|{kind}|{quantity}"
         mark = known.get(key)
         fresh = mark is not None and mark.get("run_start") == run.start_time
-        mine = {"run_id": run.id, "kind": kind, "quantity": quantity}
+        mine = {"run_id": run.id, "kind": kind, "quantity": quantity, "derived": None}  # not paired.py's
         if not fresh:
             stats.delete_many(mine)
         have = mark.get("buckets", 0) if fresh else 0
@@ -167,6 +180,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
     aggregation = aggregation or Aggregation()
     ids = [r.id for r in runs]
     labels = seed_groups(runs) if aggregation.seeds else run_labels(runs)
+    names = response_labels(db, ids)
     if aggregation.align not in (None, "stage"):
         _stage_anchor(runs, aggregation.align)  # a stage no run has is an error before any work
     frames = []
@@ -174,6 +188,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         if check:
             check_pick(db, runs, pick, f"observe[{i}]")
         ensure_summaries(db, runs, pick.kind, pick.quantity)
+        ensure_derived(db, runs, pick.kind, pick.quantity, pick.minus, aggregation.change)
         if check:
             check_pick(db, runs, pick, f"observe[{i}]", summarised=True)
         anchors = _anchors(db, runs, pick, aggregation.align) if aggregation.align is not None else None
@@ -184,7 +199,13 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         frame = pd.DataFrame(rows)
         frame["quantity"] = pick.quantity
         frame["pick"] = i
-        frame["series"] = [series_label(pick, r, u) for r, u in zip(frame["response_type"], frame["update_type"])]
+        rank = {t: k for k, t in enumerate(pick.response_types or [])}
+        frame["type_rank"] = [rank.get(t, len(rank)) for t in frame["response_type"]]  # panels in the pick's order
+        frame["minus"] = pick.minus
+        frame["response_label"] = [label_of(r, names) for r in frame["response_type"]]
+        frame["update_label"] = [label_of(u, names) if isinstance(u, str) else None for u in frame["update_type"]]
+        frame["change"] = aggregation.change
+        frame["series"] = [series_label(pick, r, u, names) for r, u in zip(frame["response_type"], frame["update_type"])]
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
@@ -194,7 +215,7 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     frame["ci_low"], frame["ci_high"] = t_interval(frame["mean"], frame["std"], frame["n"], aggregation.confidence)
     extra = [c for c in ("n_examples",) if c in frame]
-    frame = frame.sort_values(["pick", "run_id", "response_type", "stage_index", "step"], kind="stable")
+    frame = frame.sort_values(["pick", "type_rank", "response_type", "run_id", "stage_index", "step"], kind="stable")
     return frame[COLUMNS + extra].reset_index(drop=True)
 
 

@@ -22,6 +22,13 @@ from typing import Any, Mapping, Sequence
 OBSERVATIONS = "observations"
 STATS = "observation_stats"  # one summary per (bucket, quantity): see summarise_pipeline
 KEY_FIELDS = ("stage_index", "step", "probe_set", "response_type", "update_type")
+CHANGES = ("stage_start",)  # what a change is measured from (see ldreg.query.paired)
+
+
+def derived_key(minus: str | None, change: str | None) -> str | None:
+    """How a derived summary is marked in STATS (None: a plain summary of the stored values)."""
+    parts = ([f"minus:{minus}"] if minus else []) + ([f"change:{change}"] if change else [])
+    return "|".join(parts) or None
 
 
 @dataclass
@@ -31,7 +38,10 @@ class Pick:
     ``response_types``/``update_types``/``stages``: ``None`` takes all there are. ``stages``:
     stage indices (0, 1, ...) or stage names as stored (e.g. ``1-dpo``). ``steps``: ``[first,
     last]`` optimiser steps, inclusive. ``label``: how the series is named in a chart (default:
-    the response type, prefixed with the quantity when it is not the log-probability).
+    the response type's display label, prefixed with the quantity when it is not the
+    log-probability). ``minus``: per example, this quantity minus the same quantity of another
+    response type at the same step (``response_types: [chosen], minus: rejected`` is the margin
+    log pi(y+) - log pi(y-)).
     """
 
     kind: str = "probe"
@@ -42,10 +52,13 @@ class Pick:
     stages: list[int | str] | None = None
     steps: list[int] | None = None
     label: str | None = None
+    minus: str | None = None
 
     def validate(self, where: str) -> None:
         from ldreg.errors import SpecError
 
+        if self.minus is not None and self.response_types is not None and self.minus in self.response_types:
+            raise SpecError(f"{where}.minus: {self.minus!r} minus itself is zero; take it out of response_types")
         if self.steps is not None and (len(self.steps) != 2 or self.steps[0] > self.steps[1]):
             raise SpecError(f"{where}.steps: expected [first, last] with first <= last, got {self.steps}")
 
@@ -61,16 +74,23 @@ class Aggregation:
     ``ema``: smoothing weight w in [0, 1): s_t = w s_(t-1) + (1 - w) x_t, restarted at each
     stage (the authors' and TensorBoard's form; 0 or null: none).
     ``confidence``: the level of the t interval around the mean.
+    ``change``: ``stage_start`` draws each example's change since the first probe of its stage
+    (value(step) - value(stage start), paired by example id), so the band is the paired interval
+    of the change; ``null`` draws the level.
     """
 
     seeds: bool = False
     align: int | str | None = None
     ema: float | None = None
     confidence: float = 0.95
+    change: str | None = None
 
     def validate(self, where: str) -> None:
         from ldreg.errors import SpecError
 
+        if self.change is not None and self.change not in CHANGES:
+            raise SpecError(f"{where}.change: must be one of {', '.join(CHANGES)} or null (the level), "
+                            f"not {self.change!r}")
         if self.ema is not None and not 0 <= self.ema < 1:
             raise SpecError(f"{where}.ema: must be in [0, 1) (0.6 smooths lightly, 0.9 strongly), got {self.ema}")
         if not 0 < self.confidence < 1:
@@ -216,6 +236,7 @@ def curve_pipeline(run_ids: Sequence[int], pick: Pick, aggregation: Aggregation,
     """One pick's curves from the per-bucket summaries (STATS): match and align, pool seeds, smooth."""
     match = match_stage(run_ids, pick)
     match["$match"]["quantity"] = pick.quantity
+    match["$match"]["derived"] = derived_key(pick.minus, aggregation.change)  # None: the plain summaries
     x = anchored_x(anchors or {}) if aggregation.align is not None else "$examples_seen"
     fields = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
     stages = [match, {"$project": {"_id": 0, "x": x, **{f: 1 for f in fields}}}]

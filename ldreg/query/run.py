@@ -24,19 +24,43 @@ from ldreg.query.spec import QuerySpec, load
 MAX_ENTK_PANELS = 4
 
 
-def _add_config_column(frame: pd.DataFrame, runs: Sequence[RunInfo], key: str) -> pd.DataFrame:
-    """Colour by a config key: its value per run as a column (``config.`` prefix optional)."""
+def _add_config_column(frame: pd.DataFrame, runs: Sequence[RunInfo], key: str, where: str = "chart.color"
+                       ) -> pd.DataFrame:
+    """Colour (or dash) by a config key: its value per run as a column (``config.`` prefix optional);
+    ``name`` is the experiment's name."""
     key = key.removeprefix("config.")
-    values = {r.id: flatten(r.config).get(key) for r in runs}
+    values = {r.id: (r.name if key == "name" else flatten(r.config).get(key)) for r in runs}
     if all(v is None for v in values.values()):
         keys = sorted(set().union(*(flatten(r.config) for r in runs)))
-        from ldreg.registry import closest
+        from ldreg.errors import closest
 
-        raise QueryError(f"chart.color: {key!r} is neither a column (run, series, response_type, stage) nor a "
+        raise QueryError(f"{where}: {key!r} is neither a column (run, series, response_type, stage) nor a "
                          f"config key of the selected runs{closest(key, keys)}")
     frame = frame.copy()
     frame[key] = frame["run_id"].map(lambda r: str(values.get(r)))
     return frame
+
+
+def seeds_line(runs: Sequence[RunInfo], pooled: bool) -> str:
+    """Which runs and seeds a figure draws, and whether seeds are pooled: every figure says so."""
+    seeds = sorted({str(r.config.get("seed", "?")) for r in runs})
+    if pooled:
+        return (f"seeds {', '.join(seeds)} pooled per configuration (runs {', '.join(f'#{r.id}' for r in runs)}): "
+                "mean of the per-run means, band across runs")
+    return "runs " + ", ".join(f"#{r.id} (seed {r.config.get('seed', '?')})" for r in runs) + ", each drawn on its own"
+
+
+def band_line(frame: pd.DataFrame, spec: QuerySpec) -> str:
+    """What the band is: the level of interval, over what, and of which quantity."""
+    level = f"{spec.aggregate.confidence:.0%}"
+    if spec.aggregate.seeds:
+        return f"line: mean; band: {level} t-interval across runs"
+    n = pd.to_numeric(frame["n"], errors="coerce")
+    count = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}-{int(n.max())}"
+    if spec.aggregate.change:
+        return (f"line: mean over {count} probe examples of each example's change; "
+                f"band: {level} paired t-interval of that change")
+    return f"line: mean over {count} probe examples; band: {level} t-interval of the level across examples"
 
 
 def build(spec: QuerySpec, db=None) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
@@ -52,14 +76,20 @@ def build(spec: QuerySpec, db=None) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
         raise QueryError(f"the selected runs ({', '.join(f'#{r.id}' for r in runs)}) have no observations in the "
                          f"chosen stages/steps; widen observe[].stages or observe[].steps")
     if c.kind == "influence":
-        return influence_heatmap(frame, at=c.at, title=title, subtitle=c.subtitle, order=c.order), frame
-    color = c.color
+        subtitle = [line for line in (c.subtitle, seeds_line(runs, False)) if line]
+        return influence_heatmap(frame, at=c.at, title=title, subtitle=subtitle, order=c.order), frame
+    color, dash = c.color, c.dash
     if color not in frame.columns:
         frame = _add_config_column(frame, runs, color)
         color = color.removeprefix("config.")
+    if dash is not None and dash not in frame.columns:
+        frame = _add_config_column(frame, runs, dash, "chart.dash")
+        dash = dash.removeprefix("config.")
+    subtitle = [line for line in (c.subtitle, band_line(frame, spec) if c.band else None,
+                                  seeds_line(runs, spec.aggregate.seeds)) if line]
     chart = curves_chart(frame, color=color, facet=c.facet, x=c.x, y=c.y, band=c.band, columns=c.columns,
-                         align=spec.aggregate.align, title=title, subtitle=c.subtitle, order=c.order,
-                         width=c.width, height=c.height)
+                         align=spec.aggregate.align, title=title, subtitle=subtitle, order=c.order,
+                         width=c.width, height=c.height, dashes=dash)
     return chart, frame
 
 

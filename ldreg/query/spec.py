@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from ldreg.errors import SpecError
+from ldreg.errors import SpecError, closest, preview
 from ldreg.query.outputs import FORMATS, check_formats
 from ldreg.query.pipeline import Aggregation, Pick
 from ldreg.query.select import Selection, parse_ids
@@ -25,11 +25,13 @@ SELECTION_SHORTHANDS = {"runs", "latest", "name", "tag"}
 @dataclass
 class ChartSpec:
     """The picture. ``color``: run, series, response_type, stage, or a config key (e.g.
-    ``stages.0.epochs``). ``facet``: series, response_type, stage, run, quantity or none.
-    ``at``: the step a heatmap shows (an integer, first or last). ``normalise``: eNTK as cosines."""
+    ``stages.0.epochs``; ``name``: the experiment). ``dash``: the same choices, drawn as dash
+    patterns (e.g. ``color: name, dash: seed``). ``facet``: series, response_type, stage, run,
+    quantity or none. ``at``: the step a heatmap shows (an integer, first or last). ``normalise``: eNTK as cosines."""
 
     kind: Literal["curves", "influence", "entk"] = "curves"
     color: str = "run"
+    dash: str | None = None
     facet: str = "series"
     x: Literal["x", "examples_seen", "step"] = "x"
     y: Literal["mean", "median"] = "mean"
@@ -41,18 +43,16 @@ class ChartSpec:
     at: int | str = "first"
     normalise: bool = False
     width: int = field(default=280, metadata=positive())
-    height: int = field(default=190, metadata=positive())
+    height: int = field(default=220, metadata=positive())
 
     def validate(self, where: str) -> None:
         from ldreg.query.charts.curves import FACETS
 
         if self.facet not in FACETS:
-            from ldreg.registry import closest
-
-            raise SpecError(f"{where}.facet: must be one of {', '.join(FACETS)}, not {self.facet!r}"
+            raise SpecError(f"{where}.facet: must be one of {', '.join(FACETS)}, not {preview(self.facet)}"
                             f"{closest(self.facet, FACETS)}")
         if isinstance(self.at, str) and self.at not in ("first", "last"):
-            raise SpecError(f"{where}.at: a step number, first or last, not {self.at!r}")
+            raise SpecError(f"{where}.at: a step number, first or last, not {preview(self.at)}")
 
 
 @dataclass
@@ -85,7 +85,10 @@ def _selection_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tupl
         if key == "runs":
             select = {"ids": parse_ids(value)}
         elif key == "latest":
-            select["latest"] = int(value)
+            try:
+                select["latest"] = int(value)
+            except ValueError:
+                raise SpecError(f"latest={preview(value, quote=False)}: expected a whole number, e.g. latest=3") from None
         elif key == "name":
             select.pop("name_contains", None)
             select["name"] = value

@@ -150,8 +150,10 @@ class EmbeddedServer:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> ServerInfo | None:
         """SIGTERM the recorded server and wait for it to exit (SIGKILL after ``timeout_s``).
 
-        Returns what was stopped, or None when nothing was running.
+        Returns what was stopped, or None when nothing was running (or no database exists yet).
         """
+        if not self.dir.is_dir():
+            return None
         with self._lock():
             info = self.status()
             if info is None:

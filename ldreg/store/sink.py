@@ -6,6 +6,11 @@ thread inserts batches with pymongo ``insert_many(ordered=False)``. If the datab
 unreachable or dies, batches go to the spool and training goes on; the writer pings the
 database every ``retry_interval_s`` and, once it answers, replays the spool before writing
 new batches. Bucket ids are deterministic, so nothing is stored twice.
+
+If the spool itself cannot be written (a read-only folder, a full disk), batches wait in memory
+(up to ``max_held`` buckets) and go to the database when it returns; ``close`` waits a bounded
+time for it. Whatever is still neither stored nor spooled then is counted in ``counts.lost``,
+never dropped silently: the runner turns a nonzero ``lost`` or ``left`` into a loud failure.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ __all__ = ["StoreSink", "flush_spools"]
 log = logging.getLogger("ldreg.store")
 
 _CLOSE = object()
+FINAL_WAIT_S = 5.0  # how long close() waits for a database that is down before reporting
+MAX_HELD = 50_000  # buckets kept in memory while neither the database nor the spool takes them
 
 
 class StoreSink:
@@ -45,17 +52,24 @@ class StoreSink:
     def __init__(
         self, run_id: int, db: Database | None = None, spool_path: Path | str | None = None,
         batch_size: int = 256, queue_size: int = 1024, retry_interval_s: float = 2.0,
-        emit_timeout_s: float = 5.0,
+        emit_timeout_s: float = 5.0, final_wait_s: float = FINAL_WAIT_S, max_held: int = MAX_HELD,
     ):
         if db is None:
             from ldreg.store.connection import connect
 
             db = connect()
         self.run_id = int(run_id)
+        self.final_wait_s = final_wait_s
+        self.max_held = max_held
+        self._held: list[dict[str, Any]] = []  # buckets the spool refused, waiting for the database
+        self._held_lock = threading.Lock()
+        self.spool_error: str | None = None
+        self.lost = 0
+        self.lost_from_step: int | None = None  # the earliest step of a lost bucket
         # j=True: a batch counts as stored only once journaled. SecantusDB acknowledges plain
         # writes before they are durable, and a kill -9 then loses the last fraction of a second.
         self.collection = db.get_collection(COLLECTION, write_concern=WriteConcern(j=True))
-        self.spool = Spool(spool_path if spool_path is not None else spool_path_for(self.run_id))
+        self.spool = Spool(spool_path if spool_path is not None else spool_path_for(self.run_id, db.name))
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
         self.emit_timeout_s = emit_timeout_s
@@ -75,26 +89,46 @@ class StoreSink:
     def emit(self, obs: Observation) -> None:
         if self._closed:
             raise RuntimeError("StoreSink.emit after close()")
+        if not self._thread.is_alive():  # never happens by design; if it did, fail loudly, not silently
+            raise RuntimeError(f"the writer thread of run {self.run_id} has stopped; observations cannot be stored")
         try:  # converting to a document happens on the writer thread, off the training loop
             self._queue.put(obs, timeout=self.emit_timeout_s)
         except queue.Full:
             self._to_spool([bucket_from_observation(self.run_id, obs)])
 
     def close(self) -> WriteCounts:
-        """Drain the queue, write or spool everything, try once more to empty the spool.
+        """Drain the queue, write or spool everything; if anything is not stored, wait up to
+        ``final_wait_s`` for the database, then put what memory still holds in the spool.
 
-        Returns the counts; ``left`` is what stays in the spool for `ldreg db flush`.
+        Returns the counts: ``left`` stays in the spool for `ldreg db flush`; ``lost`` is gone.
         """
         if not self._closed:
             self._closed = True
             self._queue.put(_CLOSE)
             self._thread.join()
-            self._next_retry = 0.0
-            self._try_reconnect()
+            deadline = time.monotonic() + self.final_wait_s
+            while True:
+                self._next_retry = 0.0
+                self._try_reconnect()
+                if (not self._held and not self.spool.pending()) or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(0.5, self.retry_interval_s))
+            with self._held_lock:
+                held, self._held = self._held, []
+            if held:
+                try:
+                    self.spool.append(held)
+                except Exception as exc:
+                    self._spool_failed(exc, len(held))
+                    self._lose(held)
             self.counts.left = self.spool.pending()
+            self.counts.lost = self.lost
             if self.counts.left:
                 log.warning("%d bucket(s) of run %d wait in %s; store them with `ldreg db flush`",
                             self.counts.left, self.run_id, self.spool.path)
+            if self.counts.lost:
+                log.error("%d bucket(s) of run %d could be neither stored nor spooled (%s)",
+                          self.counts.lost, self.run_id, self.spool_error)
         return self.counts
 
     def __enter__(self) -> "StoreSink":
@@ -108,10 +142,25 @@ class StoreSink:
     def _run(self) -> None:
         while True:
             batch, closing = self._next_batch()
-            if batch:
-                self._write([bucket_from_observation(self.run_id, obs) for obs in batch])
+            try:
+                self._handle(batch)
+            finally:
+                for _ in range(len(batch) + closing):
+                    self._queue.task_done()
             if closing:
                 return
+
+    def _handle(self, batch: list[Observation]) -> None:
+        if batch:
+            docs = []
+            for obs in batch:
+                try:
+                    docs.append(bucket_from_observation(self.run_id, obs))
+                except Exception as exc:  # an observation that cannot be a document: counted, named
+                    log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
+                              obs.kind, obs.response_type, obs.step, exc)
+                    self._lose([{"step": obs.step}])
+            self._write(docs)
 
     def _next_batch(self) -> tuple[list[Observation], bool]:
         timeout = self.retry_interval_s if not self._db_up else None
@@ -159,6 +208,7 @@ class StoreSink:
         try:
             self.collection.database.client.admin.command("ping")
             replayed = self.spool.replay(self.collection)
+            self._store_held()
         except Exception as exc:
             self._went_down(exc)
             return
@@ -176,6 +226,60 @@ class StoreSink:
         self._next_retry = time.monotonic() + self.retry_interval_s
 
     def _to_spool(self, docs: list[dict[str, Any]]) -> None:
-        written = self.spool.append(docs)
+        try:
+            written = self.spool.append(docs)
+        except Exception as exc:  # unwritable folder, full disk: hold them, never drop them
+            self._spool_failed(exc, len(docs))
+            with self._held_lock:
+                room = max(self.max_held - len(self._held), 0)
+                self._held.extend(docs[:room])
+            self._lose(docs[room:])
+            return
         with self._spooled_lock:
             self.spooled += written
+
+    def settle(self, timeout_s: float | None = None) -> bool:
+        """Wait (at most ``timeout_s``, default ``emit_timeout_s``) until every observation emitted so
+        far is stored or spooled; True if so. A checkpoint is safe to write only then: resuming from
+        it must recompute whatever might yet be lost."""
+        if self.at_risk():
+            return False
+        deadline = time.monotonic() + (self.emit_timeout_s if timeout_s is None else timeout_s)
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return not self.at_risk()
+
+    def at_risk(self) -> bool:
+        """True while some bucket is neither stored nor spooled (held in memory, or lost)."""
+        return bool(self._held) or self.lost > 0
+
+    def _lose(self, docs: list[dict[str, Any]]) -> None:
+        if docs:
+            self.lost += len(docs)
+            first = min(int(d.get("step", 0)) for d in docs)
+            self.lost_from_step = first if self.lost_from_step is None else min(first, self.lost_from_step)
+
+    def _store_held(self) -> None:
+        """Write what the spool refused, once the database answers (errors propagate: still down)."""
+        with self._held_lock:
+            held = list(self._held)
+        if not held:
+            return
+        counts, refused = insert_documents(self.collection, held)
+        self.spool.reject(refused)
+        with self._held_lock:
+            del self._held[: len(held)]
+        self.counts.add(counts)
+        log.warning("the database is back; stored %d bucket(s) of run %d kept in memory", len(held), self.run_id)
+
+    def _spool_failed(self, exc: BaseException, n: int) -> None:
+        reason = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+        if self.spool_error is None:
+            log.error("cannot write the spool %s (%s); keeping %d bucket(s) of run %d in memory until the "
+                      "database answers", self.spool.path, reason, n, self.run_id)
+        self.spool_error = reason

@@ -1,7 +1,9 @@
 """The spool: bucket documents that could not reach the database, kept in a JSON-lines file.
 
 When the database is down, a run keeps training and its buckets are appended here
-(``<home>/spool/run-<id>.jsonl``). Replaying inserts them and removes lines only once they
+(``<home>/spool/<database>/run-<id>.jsonl``: run ids are unique only within one database, and never
+reused there). What Sacred could not save when a run ended (its last metric points and its final
+run document) waits beside them in ``sacred/``, and `ldreg db flush` replays all three. Replaying inserts them and removes lines only once they
 are stored; bucket ids are deterministic, so a bucket stored twice (a batch that half-landed
 before the server died, a replay interrupted and run again) is a duplicate-key error that is
 counted and ignored. A document the server refuses for any other reason is moved to
@@ -33,12 +35,40 @@ REPLAY_BATCH = 64
 _JSON_OPTIONS = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True)
 
 
-def spool_dir() -> Path:
-    return config.home() / "spool"
+def spool_dir(db_name: str | None = None) -> Path:
+    return config.home() / "spool" / (db_name or config.db_name())
 
 
-def spool_path_for(run_id: int) -> Path:
-    return spool_dir() / f"run-{run_id}.jsonl"
+def spool_path_for(run_id: int, db_name: str | None = None) -> Path:
+    return spool_dir(db_name) / f"run-{run_id}.jsonl"
+
+
+def sacred_dir(directory: Path) -> Path:
+    """Where a run's unsaved metrics and final run document wait (Sacred's ``failure_dir``)."""
+    return directory / "sacred"
+
+
+def metrics_spool_path(directory: Path, run_id: int) -> Path:
+    return sacred_dir(directory) / f"metrics-run-{run_id}.json"
+
+
+def run_spool_path(directory: Path, run_id: int) -> Path:
+    return sacred_dir(directory) / f"run-{run_id}.json"
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write atomically and durably (a half-written record must never replace a whole one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(json_util.dumps(value, json_options=_JSON_OPTIONS))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json_util.loads(path.read_text(), json_options=_JSON_OPTIONS)
 
 
 @dataclass
@@ -49,6 +79,7 @@ class WriteCounts:
     duplicates: int = 0  # already in the database: counted, not an error
     rejected: int = 0  # refused by the server for another reason; kept in a .rejected file
     left: int = 0  # still in the spool (the database went away again)
+    lost: int = 0  # neither stored nor spooled (the spool could not be written): gone
 
     def add(self, other: "WriteCounts") -> None:
         for f in fields(self):
@@ -98,12 +129,14 @@ class Spool:
         return len(lines)
 
     def pending(self) -> int:
-        """How many buckets wait in the spool."""
+        """How many buckets wait in the spool (a path that is not a regular file holds none)."""
         with self._lock:
+            if self.path.exists() and not self.path.is_file():
+                return 0
             try:
                 with open(self.path) as f:
                     return sum(1 for line in f if line.strip())
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return 0
 
     def reject(self, docs: list[dict[str, Any]]) -> None:
@@ -116,9 +149,11 @@ class Spool:
         unstored remainder stays in the spool and the error propagates."""
         counts = WriteCounts()
         with self._lock:
+            if self.path.exists() and not self.path.is_file():
+                return counts  # a device or folder in its place (a broken spool) holds nothing to replay
             try:
                 handle = open(self.path)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return counts
             with handle:
                 lines = iter(handle)
@@ -163,14 +198,14 @@ class Spool:
 
 
 def flush_spools(db: Database, directory: Path | None = None) -> dict[str, WriteCounts]:
-    """Replay every spool file into ``db`` (what `ldreg db flush` runs); counts per file.
+    """Replay every observation spool file into ``db``; counts per file.
 
     A file whose replay hits a connection error keeps its unstored lines and is reported with
     ``left`` set; the remaining files are still tried.
     """
     from pymongo.errors import PyMongoError
 
-    directory = Path(directory) if directory is not None else spool_dir()
+    directory = Path(directory) if directory is not None else spool_dir(db.name)
     results: dict[str, WriteCounts] = {}
     for path in sorted(directory.glob("run-*.jsonl")):
         spool = Spool(path)
@@ -181,3 +216,57 @@ def flush_spools(db: Database, directory: Path | None = None) -> dict[str, Write
             log.warning("could not replay %s (%s); %d bucket(s) left in it", path, type(exc).__name__, counts.left)
             results[path.name] = counts
     return results
+
+
+@dataclass
+class FlushReport:
+    """What `ldreg db flush` did: observations per spool file, metric points, final run documents."""
+
+    observations: dict[str, WriteCounts]
+    metric_points: int = 0
+    runs_finished: list[int] | None = None
+    waiting: list[str] | None = None  # records kept for a later flush, each with the reason
+
+    def lines(self) -> list[str]:
+        out = [f"{name}: stored {c.stored}, already there {c.duplicates}, rejected {c.rejected}, left {c.left}"
+               for name, c in self.observations.items()]
+        if self.metric_points:
+            out.append(f"metrics: stored {self.metric_points} point(s)")
+        for run_id in self.runs_finished or []:
+            out.append(f"run {run_id}: final status stored")
+        out.extend(self.waiting or [])
+        return out or ["nothing spooled"]
+
+
+def flush_all(db: Database, directory: Path | None = None) -> FlushReport:
+    """Observations first, then metric points, then each run's final document (status, result).
+
+    A run's final document is written only once none of its observations waits in a spool, so
+    the database never shows a run COMPLETED whose observations are missing; and only over a run
+    still recorded as RUNNING (a run resumed since then has a newer truth than the spooled one).
+    """
+    from ldreg.store.metrics import journaled_metrics, store_metrics
+
+    directory = Path(directory) if directory is not None else spool_dir(db.name)
+    report = FlushReport(flush_spools(db, directory), runs_finished=[], waiting=[])
+    metrics = journaled_metrics(db)
+    for path in sorted(sacred_dir(directory).glob("metrics-run-*.json")):
+        run_id = int(path.stem.rsplit("-", 1)[1])
+        report.metric_points += store_metrics(metrics, run_id, read_json(path))
+        path.unlink()
+    runs = db.get_collection("runs", write_concern=WriteConcern(j=True))
+    for path in sorted(sacred_dir(directory).glob("run-*.json")):
+        entry = read_json(path)
+        run_id = entry["_id"]
+        if Spool(directory / f"run-{run_id}.jsonl").pending():
+            report.waiting.append(f"run {run_id}: final status kept in {path} until its observations are stored")
+            continue
+        current = runs.find_one({"_id": run_id}, {"status": 1})
+        if current is not None and current.get("status") != "RUNNING":
+            report.waiting.append(f"run {run_id}: {path} not applied: the run is {current.get('status')} now "
+                                  f"(resumed or marked since); remove the file")
+            continue
+        runs.update_one({"_id": run_id}, {"$set": entry}, upsert=True)
+        report.runs_finished.append(run_id)
+        path.unlink()
+    return report

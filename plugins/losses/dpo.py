@@ -31,6 +31,7 @@ DPO = LossDefinition(
     compute=dpo_loss,
     description="DPO, conservative form: -(1-eps) log sigma(beta h) - eps log sigma(-beta h).",
     defaults={"beta": 0.1, "label_smoothing": 0.0},
+    constraints={"beta": "> 0", "label_smoothing": "[0, 0.5]"},
     needs_rejected=True,
     needs_reference=True,
 )

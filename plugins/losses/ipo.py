@@ -33,6 +33,7 @@ IPO = LossDefinition(
     compute=ipo_loss,
     description="IPO: (h - 1/(2 beta))^2 on summed log-ratios; per_token_mean: 1.0 for TRL's form.",
     defaults={"beta": 0.1, "per_token_mean": 0.0},
+    constraints={"beta": "> 0", "per_token_mean": "{0, 1}"},
     needs_rejected=True,
     needs_reference=True,
 )

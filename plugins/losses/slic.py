@@ -41,5 +41,6 @@ SLIC = LossDefinition(
     compute=slic_loss,
     description="SLiC-HF: max(0, delta - log pi(y+) + log pi(y-)) - lam log pi(y+); no reference.",
     defaults={"delta": 1.0, "lam": 0.1},
+    constraints={"delta": ">= 0", "lam": ">= 0"},
     needs_rejected=True,
 )

@@ -24,6 +24,7 @@ SPIN = LossDefinition(
     compute=spin_loss,
     description="SPIN: DPO against y_gen sampled from the opponent (previous-iteration) model.",
     defaults={"beta": 0.1},
+    constraints={"beta": "> 0"},
     needs_rejected=True,
     needs_reference=True,
     rejected_source="generated",

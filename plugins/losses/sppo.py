@@ -53,6 +53,7 @@ SPPO = LossDefinition(
     compute=sppo_loss,
     description="SPPO (authors' code form): 1/2[(r+ - (P_w-1/2)/beta)^2 + (r- - (P_l-1/2)/beta)^2].",
     defaults={"beta": 0.1, "soft": 0.0},
+    constraints={"beta": "> 0", "soft": "{0, 1}"},
     needs_rejected=True,
     needs_reference=True,
 )

@@ -15,6 +15,7 @@ def permute_words(text: str, rng) -> str:
 
 class Chosen(ResponseGenerator):
     name = "chosen"
+    label = "y+"
     description = "y+: the preferred response itself."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
@@ -23,6 +24,7 @@ class Chosen(ResponseGenerator):
 
 class Rejected(ResponseGenerator):
     name = "rejected"
+    label = "y-"
     description = "y-: the less preferred response itself."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
@@ -31,6 +33,7 @@ class Rejected(ResponseGenerator):
 
 class ChosenPermuted(ResponseGenerator):
     name = "chosen_permuted"
+    label = "permuted y+"
     description = "The words of y+ in a random order: same tokens, no grammar."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:

@@ -72,6 +72,7 @@ def rephrase_with(model, tokenizer, text: str, ctx: GenerationContext, example: 
 
 class Initial(ResponseGenerator):
     name = "initial"
+    label = "y0 (base model's answer)"
     description = "y0: the base model's own answer to x, as long as y+ in tokens (seeded)."
     needs_model = True
 
@@ -98,12 +99,14 @@ class _SelfRephrase(ResponseGenerator):
 
 class ChosenSelfRephrase(_SelfRephrase):
     name = "chosen_selfr"
+    label = "y+ self-rephrase"
     description = "y+ rephrased by the base model itself with the authors' rephrase prompt."
     source = "chosen"
 
 
 class RejectedSelfRephrase(_SelfRephrase):
     name = "rejected_selfr"
+    label = "y- self-rephrase"
     description = "y- rephrased by the base model itself with the authors' rephrase prompt."
     source = "rejected"
 
@@ -117,6 +120,7 @@ def _load_rephraser(path: str):
 
 class ModelRephrase(ResponseGenerator):
     name = "model_rephrase"
+    label = "model rephrase"
     description = "y+ (or y-, option rephrase_source) rephrased by any local HF causal LM (option rephrase_model)."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:

@@ -26,6 +26,7 @@ def other_chosen(example: PreferenceExample, pool: Sequence[PreferenceExample], 
 
 class IrrelevantTrain(ResponseGenerator):
     name = "irrelevant_train"
+    label = "y+ of another train prompt"
     description = "y+ of another training prompt j != u (the authors' irr_train)."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
@@ -34,6 +35,7 @@ class IrrelevantTrain(ResponseGenerator):
 
 class IrrelevantTest(ResponseGenerator):
     name = "irrelevant_test"
+    label = "y+ of a test prompt"
     description = "y+ of a test prompt, never trained on (the authors' irr_test)."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:

@@ -23,6 +23,7 @@ def corpus_for(ctx: GenerationContext) -> tuple[tuple[str, ...], str]:
 
 class RandomSentence(ResponseGenerator):
     name = "random_sentence"
+    label = "random sentence"
     description = "Real English text unrelated to x, with as many words as y+ (the paper's y_rnd)."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
@@ -36,6 +37,7 @@ class RandomSentence(ResponseGenerator):
 
 class RandomPermuted(ResponseGenerator):
     name = "random_permuted"
+    label = "permuted random sentence"
     description = "The words of this example's random_sentence in a random order."
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:

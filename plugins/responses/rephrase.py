@@ -20,6 +20,7 @@ class WordNetRephrase(ResponseGenerator):
         self.source, self.kind = source, kind
         self.name = f"{source}_rephrase_{kind}"
         letter = "y+" if source == "chosen" else "y-"
+        self.label = f"{letter} rephrase ({kind})"
         self.description = (f"{letter} with content words swapped for WordNet synonyms: same meaning, other tokens."
                             if kind == "semantic" else
                             f"{letter} with content words swapped for other words of the same part of speech: "

@@ -12,10 +12,24 @@ import pandas as pd
 
 FONT = "Helvetica, Arial, sans-serif"
 PANEL_WIDTH = 280
-PANEL_HEIGHT = 190
+PANEL_HEIGHT = 220
 CATEGORY_SCHEME = "tableau10"
 DIVERGING_SCHEME = "blueorange"  # reversed below: positive (a pull-up) is blue, negative orange, as in the paper
 SEQUENTIAL_SCHEME = "viridis"
+
+PAGE_WIDTH = 1280  # the report's page: no figure may be wider than the page less its margins
+PAGE_MARGIN = 24  # ldreg.query.outputs.page's body margin, each side
+# What a faceted panel adds beside its plot: its own y axis (labels and title; scales are
+# independent) and the spacing between panels; and what the whole figure adds (padding).
+PANEL_EXTRA = 95
+FIGURE_EXTRA = 60
+
+
+def fit_width(width: int, columns: int) -> int:
+    """The panel width, at most ``width``, at which ``columns`` panels fit the page."""
+    room = PAGE_WIDTH - 2 * PAGE_MARGIN - FIGURE_EXTRA
+    return int(max(120, min(width, room / max(columns, 1) - PANEL_EXTRA)))
+
 
 X_TITLES = {
     "x": "examples seen",
@@ -24,16 +38,25 @@ X_TITLES = {
 }
 
 
-def x_title(x: str, align: int | str | None) -> str:
-    """``examples seen`` or, when aligned, ``examples seen since <stage> began``."""
+def x_title(x: str, align: int | str | None, stage: str | None = None) -> str:
+    """``examples seen`` or, when aligned, ``examples seen since <stage> began`` (``stage``: the name
+    of the one stage drawn, if so, which says more than ``last`` or an index)."""
     if x != "x" or align is None:
         return X_TITLES.get(x, x)
     if align == "stage":
         return "examples seen in each stage"
-    return f"examples seen since stage {align} began" if isinstance(align, int) else f"examples seen since {align} began"
+    if stage and stage != "each stage":
+        return f"examples seen since {stage} began"
+    if align == "last":
+        return "examples seen since the last stage began"
+    if isinstance(align, int):
+        return f"examples seen since stage {align} began"
+    name = align.upper() if align.isalpha() and len(align) <= 5 else align
+    return f"examples seen since {name} began"
 
 
-def configure(chart: alt.TopLevelMixin, title: str | None = None, subtitle: str | None = None) -> alt.TopLevelMixin:
+def configure(chart: alt.TopLevelMixin, title: str | None = None, subtitle: str | list[str] | None = None
+              ) -> alt.TopLevelMixin:
     """Apply ldreg's look (and the title) to a finished chart."""
     if title:
         chart = chart.properties(title=alt.TitleParams(title, subtitle=subtitle or [], anchor="start", fontSize=16,

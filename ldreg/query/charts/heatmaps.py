@@ -37,19 +37,23 @@ def influence_heatmap(frame: pd.DataFrame, *, at: int | str = "first", title: st
     if data.empty:
         raise ValueError(f"no influence observations at step {at!r}")
     types = list(order) if order else list(dict.fromkeys(list(data["update_type"]) + list(data["response_type"])))
-    updates = [t for t in types if t in set(data["update_type"])]
-    observes = [t for t in types if t in set(data["response_type"])]
+    # the axes show the types' display labels (y+, y-, ...) where the frame has them
+    if "response_label" not in data:
+        data["response_label"], data["update_label"] = data["response_type"], data["update_type"]
+    name = dict(zip(data["response_type"], data["response_label"])) | dict(zip(data["update_type"], data["update_label"]))
+    updates = [name.get(t, t) for t in types if t in set(data["update_type"])]
+    observes = [name.get(t, t) for t in types if t in set(data["response_type"])]
     fmt = number_format(data["mean"])
     limit = float(np.nanmax(np.abs(data["mean"]))) or 1.0
     base = alt.Chart().encode(
-        x=alt.X("update_type:N", sort=updates, title="updating on (u)", axis=alt.Axis(labelAngle=-40, orient="top")),
-        y=alt.Y("response_type:N", sort=observes, title="observing (o)"))
+        x=alt.X("update_label:N", sort=updates, title="updating on (u)", axis=alt.Axis(labelAngle=-40, orient="top")),
+        y=alt.Y("response_label:N", sort=observes, title="observing (o)"))
     rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color("mean:Q", title=SHORT_TITLES.get(data["quantity"].iloc[0], data["quantity"].iloc[0]),
                         scale=alt.Scale(scheme=DIVERGING_SCHEME, reverse=True, domain=[-limit, limit], domainMid=0),
                         legend=alt.Legend(orient="right", gradientLength=max(60, cell * len(observes)))),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("update_type:N", title="update"),
-                 alt.Tooltip("response_type:N", title="observe"), alt.Tooltip("step:Q"),
+        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("update_label:N", title="update"),
+                 alt.Tooltip("response_label:N", title="observe"), alt.Tooltip("step:Q"),
                  alt.Tooltip("mean:Q", format=fmt), alt.Tooltip("ci_low:Q", format=fmt, title="CI low"),
                  alt.Tooltip("ci_high:Q", format=fmt, title="CI high"), alt.Tooltip("n:Q")])
     text = base.mark_text(fontSize=10).encode(

@@ -35,7 +35,10 @@ def squeeze_frame(result: SqueezeResult) -> pd.DataFrame:
 
 
 def _step_words(result: SqueezeResult) -> str:
-    parts = [f"{'negative' if eta < 0 else 'positive'} step (eta={eta:g}) on class {k}" for k, eta in result.steps]
+    """What the step did, naming the class by its rank when it is the peak (the most likely class)."""
+    peak = int(np.argmax(result.before))
+    parts = [f"{'negative' if eta < 0 else 'positive'} step (eta={eta:g}) on "
+             f"{'the peak, ' if k == peak else ''}class {k} (p = {result.before[k]:.3g})" for k, eta in result.steps]
     return " + ".join(parts)
 
 

@@ -1,0 +1,107 @@
+"""Per-example derived curves: the change since a stage began, and the difference of two types.
+
+A claim like "DPO lowers log pi(y+) by 1.7 nats" is about each example's change, not about the
+level: the level varies across examples by tens of nats, so an interval of the level hides a
+change of a few. Here every probe bucket is paired, example by example (matched by example id),
+with the first bucket of its stage (``change: stage_start``: value(step) - value(stage start)),
+and optionally with the bucket of another response type at the same step (``minus: rejected``:
+log pi(y+) - log pi(y-), the margin). The mean, sample std, median and n of those per-example
+values are written to ``observation_stats`` in the very shape of the plain summaries, marked by
+``derived``, so seed pooling, alignment, smoothing and the t interval apply to them unchanged;
+the t interval of a paired change is then the paired interval.
+
+Pairing two buckets example by example is a join the embedded server would evaluate row by row,
+so it is done here in numpy, once per run: a run's derived summaries are recomputed only when
+its number of buckets changed (a late spool flush or a resumed run can add a stage's first probe).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ldreg.query.pipeline import OBSERVATIONS, STATS, derived_key
+
+MARKS = "observation_stats_derived"  # per (run, kind, quantity, derived): buckets seen, run start
+
+
+def _per_example(doc: dict[str, Any], quantity: str) -> dict[int, float]:
+    values = (doc.get("values") or {}).get(quantity) or []
+    return {int(i): float(v) for i, v in zip(doc.get("example_ids") or [], values)
+            if v is not None and np.isfinite(v)}
+
+
+def _difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
+    return {i: a[i] - b[i] for i in a.keys() & b.keys()}
+
+
+def summary(values: Iterable[float]) -> dict[str, Any]:
+    """n, mean, sample std (None below 2, as $stdDevSamp) and median of the finite values."""
+    xs = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if xs.size == 0:
+        return {"n": 0, "mean": None, "std": None, "median": None}
+    return {"n": int(xs.size), "mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if xs.size > 1 else None,
+            "median": float(np.median(xs))}
+
+
+def derive_run(docs: Sequence[dict[str, Any]], quantity: str, minus: str | None, change: str | None
+               ) -> list[dict[str, Any]]:
+    """The derived per-bucket summaries of one run's buckets (one kind), without ids.
+
+    ``minus``: each bucket of another type minus the bucket of ``minus`` at the same stage, step,
+    probing set and update type (the ``minus`` type itself is left out). ``change``: each
+    (derived) value minus that example's value at the first probe of the stage.
+    """
+    values = {d["_id"]: _per_example(d, quantity) for d in docs}
+    if minus is not None:
+        others = {(d["stage_index"], d["step"], d["probe_set"], d.get("update_type")): values[d["_id"]]
+                  for d in docs if d["response_type"] == minus}
+        docs = [d for d in docs if d["response_type"] != minus
+                and (d["stage_index"], d["step"], d["probe_set"], d.get("update_type")) in others]
+        values = {d["_id"]: _difference(values[d["_id"]],
+                                        others[(d["stage_index"], d["step"], d["probe_set"], d.get("update_type"))])
+                  for d in docs}
+    if change is not None:
+        lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+        for d in docs:
+            lines[(d["stage_index"], d["probe_set"], d["response_type"], d.get("update_type"))].append(d)
+        for line in lines.values():
+            start = values[min(line, key=lambda d: d["step"])["_id"]]
+            for d in line:
+                values[d["_id"]] = _difference(values[d["_id"]], start)
+    keep = ("run_id", "kind", "stage", "stage_index", "step", "examples_seen", "probe_set", "response_type",
+            "update_type")
+    return [{**{f: d.get(f) for f in keep}, "bucket": d["_id"], **summary(values[d["_id"]].values())} for d in docs]
+
+
+def ensure_derived(db, runs: Sequence[Any], kind: str, quantity: str, minus: str | None, change: str | None) -> int:
+    """Write the derived summaries of every run not summarised since its buckets last changed.
+
+    Returns how many runs were (re)computed. Only ``example_ids``, the key fields and the one
+    quantity's array are read from the buckets.
+    """
+    key = derived_key(minus, change)
+    if key is None:
+        return 0
+    stats, marks = db[STATS], db[MARKS]
+    done = 0
+    for run in runs:
+        mark_id = f"{run.id}|{kind}|{quantity}|{key}"
+        total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
+        mark = marks.find_one({"_id": mark_id})
+        if mark is not None and mark.get("buckets") == total and mark.get("run_start") == run.start_time:
+            continue
+        fields = {f: 1 for f in ("stage", "stage_index", "step", "examples_seen", "probe_set", "response_type",
+                                 "update_type", "example_ids", "run_id", "kind")}
+        docs = list(db[OBSERVATIONS].find({"run_id": run.id, "kind": kind}, {**fields, f"values.{quantity}": 1}))
+        rows = derive_run(docs, quantity, minus, change)
+        stats.delete_many({"run_id": run.id, "kind": kind, "quantity": quantity, "derived": key})
+        if rows:
+            stats.insert_many([{**row, "_id": f"{row['bucket']}|{quantity}|{key}", "quantity": quantity,
+                                "derived": key, "run_start": run.start_time} for row in rows])
+        marks.replace_one({"_id": mark_id}, {"_id": mark_id, "buckets": total, "run_start": run.start_time},
+                          upsert=True)
+        done += 1
+    return done
