@@ -26,8 +26,9 @@ class Backend(ABC):
     def device(self) -> torch.device:
         """The torch device tensors go to."""
 
-    def activate(self) -> None:
-        """Prepare this process to compute here (called once at the start of a run)."""
+    def activate(self, parameters: int | None = None) -> None:
+        """Prepare this process to compute here: at the start of a run, and again with the number of
+        ``parameters`` of the model once it is loaded (a backend may size its threads by it)."""
 
     def is_available(self) -> bool:
         return self.availability()[0]

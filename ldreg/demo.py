@@ -38,7 +38,9 @@ class Plan:
 
     @property
     def experiments(self) -> list[str]:
-        names = ["sft-only", "sft-dpo", "extend-dpo"]
+        # the real tier reads SFT's findings from the SFT stage of sft-dpo (the same stage, seed and
+        # data as an SFT-only run), which saves a third of its time
+        names = (["sft-dpo", "extend-dpo"] if self.real else ["sft-only", "sft-dpo", "extend-dpo"])
         if self.sweep:
             names += ["sft-ipo", "sft-slic", "sft-sppo", "sft-spin"]
         return [f"{self.prefix}{n}" for n in names]
@@ -69,7 +71,8 @@ REAL_NOTE = (
     "paper's base models: the prompts are rendered in its chat template (<code>data.chat_template</code>), "
     "its responses are already likely, and a further SFT stage starts from a tuned model, not a base. "
     "The data are the paper authors' own: 48 Anthropic-HH helpful-base pairs trained on, the first 10 "
-    "probed with the authors' GPT-3.5 rephrases, random sentences and permutations.</p>")
+    "probed with the authors' GPT-3.5 rephrases, random sentences and permutations. The SFT findings "
+    "and figure read the SFT stage of the SFT-then-DPO run (an SFT-only run would repeat it exactly).</p>")
 
 
 @dataclass
@@ -226,7 +229,7 @@ def _findings(db, runs: dict[tuple[str, int], int], plan: Plan) -> list[F.Findin
     curves = F.Curves(db)
     per: dict[str, list[F.Finding]] = {}
     for seed in plan.seeds:
-        sft = runs.get(("sft-only", seed))
+        sft = runs.get(("sft-only", seed), runs.get(("sft-dpo", seed)))  # SFT is stage 0 of either
         if sft is not None:
             for key, check in F.CHECKS.items():
                 per.setdefault(key, []).append(check(curves, sft, seed))
@@ -320,7 +323,7 @@ def _figures(report: Report, db, runs, plan: Plan, sq: dict, cases, dg: dict, di
     def of(name: str) -> list[int]:
         return [runs[(name, s)] for s in seeds if (name, s) in runs]
 
-    sft, base, ext = of("sft-only"), of("sft-dpo"), of("extend-dpo")
+    sft, base, ext = of("sft-only") or of("sft-dpo"), of("sft-dpo"), of("extend-dpo")  # SFT: stage 0 of either
     if sft:
         chart, frame = query_figure("sft-probes", sft, db)
         report.add(f"During SFT on y+, how does log π of each other response move? (Figures 3 and 17; {words})",

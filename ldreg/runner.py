@@ -327,6 +327,7 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
     backend.activate()
     seed_everything(backend, spec.seed)
     prepared = prepare(spec, backend, plugins)
+    backend.activate(sum(p.numel() for p in prepared.model.parameters()))  # threads sized to the model
     sink = sink or StoreSink(ctx.run_id)
     ctx.info["truncation"] = prepared.truncation.as_dict()
     ctx.info.update(model_identity(spec, prepared.model_path))

@@ -83,3 +83,14 @@ def test_real_cuda_forward_backward(backends):
     cuda.synchronize()
     assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
     assert cuda.memory_stats()["allocated_bytes"] > 0
+
+
+def test_cpu_threads_half_the_cores_for_small_models_all_for_large(monkeypatch):
+    from ldreg_plugins.backends.cpu import ENV_THREADS, LARGE_MODEL, default_threads
+
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_threads() == 1 and default_threads(LARGE_MODEL - 1) == 1
+    assert default_threads(LARGE_MODEL) == 2
+    monkeypatch.setenv(ENV_THREADS, "1")
+    assert default_threads(LARGE_MODEL) == 1  # the user's setting wins

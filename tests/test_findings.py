@@ -155,6 +155,16 @@ def test_findings_json_and_readme_come_from_the_same_data(sft_run, tmp_path):
     (tmp_path / "bare.md").write_text("# nothing\n")
     bad = CliRunner().invoke(main, ["findings", "--json", str(json_path), "--readme", str(tmp_path / "bare.md")])
     assert bad.exit_code == 2 and "bare.md: needs one line" in bad.output
+    # the real tier's findings (findings-real.json) fill their own block and leave the default one alone
+    real_json = tmp_path / "findings-real.json"
+    real_json.write_text(json_path.read_text())
+    real_start, real_end = findings_table.markers("findings-real")
+    readme.write_text(text + f"\n{real_start}\nold real table\n{real_end}\n")
+    result = CliRunner().invoke(main, ["findings", "--json", str(real_json), "--readme", str(readme)])
+    assert result.exit_code == 0, result.output
+    both = readme.read_text()
+    assert "old real table" not in both and both.count(md_path.read_text()) == 2
+    assert both.startswith(text) and "--json" in both.split(real_start, 1)[1]
 
 
 def test_findings_speak_the_response_types_own_labels():
