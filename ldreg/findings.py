@@ -442,7 +442,7 @@ def pool(per_seed: Sequence[Finding]) -> Finding:
     evidence = (_evidence(types) if len(per_seed) >= 3 else
                 "; ".join(f"{label(t.response_type)}: {t.verdict} (" + ", ".join(
                     f"seed {s} {v}" for s, v in t.seed_verdicts.items()) + ")" for t in types))
-    return Finding(f"{first.name} (seeds {', '.join(map(str, seeds))})", first.prediction,
+    return Finding(f"{first.name} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})", first.prediction,
                    {HELD: True, NOT_HELD: False}.get(verdict), evidence, verdict=verdict,
                    rule=first.rule + " " + POOLING, key=first.key, seeds=seeds, runs=runs, types=types,
                    per_seed=list(per_seed))
