@@ -148,6 +148,11 @@ def test_a_run_records_the_labels_of_the_types_it_probes(tmp_path, monkeypatch):
     run_body(spec, ctx, plugins=plugins, backend=resolve_backend("cpu", plugins.backends), progress=False,
              sink=ListSink())
     assert ctx.info["response_labels"] == {"chosen": "y+", "chosen_permuted": "permuted y+"}
+    # and which plugin distributions, at which versions, made it
+    from ldreg import __version__
+
+    recorded = {r["plugin"]: (r["distribution"], r["version"]) for r in ctx.info["plugins"]}
+    assert recorded["ldreg.losses"] == ("ldreg", __version__) and "ldreg.responses" in recorded
 
 
 def test_the_query_layer_names_types_without_importing_training():
