@@ -160,11 +160,24 @@ def test_probe_restores_training_mode_and_runs_under_bf16_autocast(tiny):
     np.testing.assert_allclose(bf16["chosen"]["logp_sum"], fp32["chosen"]["logp_sum"], rtol=5e-2)
 
 
-def test_misaligned_ids_and_empty_shared_prompts_are_refused(tiny):
+def test_misaligned_ids_are_refused(tiny):
     with pytest.raises(ValueError, match="'chosen' has 12 pairs but there are 3 example ids"):
         probe(tiny.model, tiny.pairs, [1, 2, 3], pad_id=tiny.pad)
-    with pytest.raises(ValueError, match="share_prompts"):
-        probe(tiny.model, {"y": [EncodedPair((), (5, 6))]}, [0], share_prompts=True)
+
+
+def test_examples_whose_prompt_differs_between_types_are_probed_type_by_type(tiny):
+    """Truncation can cut one type's prompt to fit a long response: sharing must not fail or mix them."""
+    pairs = {t: list(p) for t, p in tiny.pairs.items()}
+    other = next(t for t in pairs if t != "chosen")
+    first = pairs[other][1]
+    pairs[other][1] = EncodedPair(first.prompt_ids[1:], first.response_ids)  # its prompt lost a token
+    first = pairs[other][2]
+    pairs[other][2] = EncodedPair((), first.response_ids)  # and an empty prompt
+    plain = probe(tiny.model, pairs, tiny.ids, pad_id=tiny.pad)
+    shared = probe(tiny.model, pairs, tiny.ids, pad_id=tiny.pad, share_prompts=True)
+    for rtype in pairs:
+        for q in QUANTITIES:
+            np.testing.assert_allclose(shared[rtype][q], plain[rtype][q], rtol=1e-5, atol=1e-6, err_msg=q)
 
 
 def test_probe_observations_carry_every_quantity_per_type(tiny):

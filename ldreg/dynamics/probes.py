@@ -164,7 +164,8 @@ def probe(model: torch.nn.Module, pairs_by_type: Mapping[str, Sequence[EncodedPa
     ``backend``/``dtype`` choose the device and autocast of the forward; the statistics are always
     fp32 (sums float64). The model is put in eval mode for the pass and given back as it was.
     ``share_prompts``: run each prompt once and reuse its KV cache for every response type
-    (needs the same prompt ids for an example across types and a model with a KV cache).
+    (needs a model with a KV cache). An example whose prompt differs between types (truncation
+    can cut a prompt to fit a long response) is probed type by type instead, with equal results.
     """
     _check_aligned(pairs_by_type, example_ids)
     where = ForwardPlacement(model, backend, dtype)
@@ -173,9 +174,8 @@ def probe(model: torch.nn.Module, pairs_by_type: Mapping[str, Sequence[EncodedPa
     try:
         with torch.no_grad():
             if share_prompts:
-                return _probe_shared(model, pairs_by_type, where, max_tokens_per_batch, pad_id, chunk_elements)
-            return {rtype: _probe_type(model, list(pairs), where, max_tokens_per_batch, pad_id, chunk_elements)
-                    for rtype, pairs in pairs_by_type.items()}
+                return _probe_sharing(model, pairs_by_type, where, max_tokens_per_batch, pad_id, chunk_elements)
+            return _probe_each_type(model, pairs_by_type, where, max_tokens_per_batch, pad_id, chunk_elements)
     finally:
         model.train(was_training)
 
@@ -191,6 +191,42 @@ def _check_aligned(pairs_by_type: Mapping[str, Sequence[EncodedPair]], example_i
 
 def _new_sums(n: int, device: torch.device) -> dict[str, Tensor]:
     return {k: torch.zeros(n, dtype=torch.float64, device=device) for k in _SUMS}
+
+
+def _probe_each_type(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
+                     max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
+    return {rtype: _probe_type(model, list(pairs), where, max_tokens, pad_id, chunk_elements)
+            for rtype, pairs in pairs_by_type.items()}
+
+
+def _probe_sharing(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
+                   max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
+    """Shared prompts for the examples whose prompt is the same in every type; the rest type by type."""
+    types = list(pairs_by_type)
+    n = len(pairs_by_type[types[0]]) if types else 0
+
+    def same_prompt(i: int) -> bool:
+        prompt = pairs_by_type[types[0]][i].prompt_ids
+        return bool(prompt) and all(pairs_by_type[t][i].prompt_ids == prompt for t in types)
+
+    shared = [i for i in range(n) if same_prompt(i)]
+    if len(shared) == n:
+        return _probe_shared(model, pairs_by_type, where, max_tokens, pad_id, chunk_elements)
+    rest = [i for i in range(n) if i not in set(shared)]
+    parts = [(rest, _probe_each_type(model, {t: [p[i] for i in rest] for t, p in pairs_by_type.items()},
+                                     where, max_tokens, pad_id, chunk_elements))]
+    if shared:
+        parts.append((shared, _probe_shared(model, {t: [p[i] for i in shared] for t, p in pairs_by_type.items()},
+                                            where, max_tokens, pad_id, chunk_elements)))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for t in types:
+        out[t] = {}
+        for quantity, first in parts[0][1][t].items():
+            merged = np.empty(n, dtype=first.dtype)
+            for index, result in parts:
+                merged[index] = result[t][quantity]
+            out[t][quantity] = merged
+    return out
 
 
 def _probe_type(model, pairs: list[EncodedPair], where: ForwardPlacement, max_tokens: int, pad_id: int,
