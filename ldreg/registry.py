@@ -29,7 +29,7 @@ import pluggy
 
 from ldreg import hookspecs
 from ldreg.backends import Backend
-from ldreg.errors import PluginError
+from ldreg.errors import PluginError, closest
 from ldreg.losses import LossDefinition
 from ldreg.responses import ResponseGenerator, code_fingerprint
 
@@ -42,12 +42,6 @@ T = TypeVar("T")
 
 class PluginWarning(UserWarning):
     """Something about the plugin selection is probably not what was meant (e.g. an unknown name)."""
-
-
-def closest(name: str, options: Iterable[str]) -> str:
-    """' (did you mean X?)' when one option is close to ``name``, else ''."""
-    match = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def normalize(distribution: str) -> str:

@@ -253,8 +253,6 @@ class ProbeObserver:
         self.dtype = _dtype(spec.model.dtype, backend)
         self.passes = 0
         self.seconds = 0.0
-        # Each prompt once, its KV cache reused by every response type (same numbers, fewer tokens).
-        self.share_prompts = getattr(spec.probing, "share_prompts", True)
 
     def __call__(self, model: torch.nn.Module, clock: Clock) -> None:
         from ldreg.dynamics.probes import probe, probe_observations
@@ -264,7 +262,8 @@ class ProbeObserver:
         for ps in self.prepared.probe_sets.values():
             result = probe(model, ps.pairs_by_type, ps.example_ids, backend=self.backend, dtype=self.dtype,
                            max_tokens_per_batch=self.spec.probing.max_tokens_per_batch, pad_id=pad,
-                           share_prompts=self.share_prompts and _same_prompts(ps.pairs_by_type))
+                           # each prompt once, its KV cache reused by every type (same numbers, fewer tokens)
+                           share_prompts=self.spec.probing.share_prompts)
             for obs in probe_observations(result, ps.example_ids, step=clock.step, examples_seen=clock.examples_seen,
                                           stage=clock.stage, stage_index=clock.stage_index, probe_set=ps.name):
                 self.sink.emit(obs)
@@ -296,14 +295,6 @@ class ProbeObserver:
             n, rtype = probing.entk.n, probing.entk.response_type
             result = sequence_entk(model, first.pairs_by_type[rtype][:n])
             self.sink.emit(entk_observation(result, first.example_ids[:n], response_type=rtype, **where))
-
-
-def _same_prompts(pairs_by_type: dict[str, list[EncodedPair]]) -> bool:
-    """Shared prompts need one non-empty prompt per example across types (truncation may differ)."""
-    columns = list(pairs_by_type.values())
-    return bool(columns) and all(
-        col[0].prompt_ids and all(p.prompt_ids == col[0].prompt_ids for p in col)
-        for col in zip(*columns))
 
 
 def _due(every: int, clock: Clock) -> bool:

@@ -209,10 +209,11 @@ def _probe_sharing(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], wh
         prompt = pairs_by_type[types[0]][i].prompt_ids
         return bool(prompt) and all(pairs_by_type[t][i].prompt_ids == prompt for t in types)
 
-    shared = [i for i in range(n) if same_prompt(i)]
-    if len(shared) == n:
+    sharing = [same_prompt(i) for i in range(n)]
+    if all(sharing):
         return _probe_shared(model, pairs_by_type, where, max_tokens, pad_id, chunk_elements)
-    rest = [i for i in range(n) if i not in set(shared)]
+    shared = [i for i in range(n) if sharing[i]]
+    rest = [i for i in range(n) if not sharing[i]]
     parts = [(rest, _probe_each_type(model, {t: [p[i] for i in rest] for t, p in pairs_by_type.items()},
                                      where, max_tokens, pad_id, chunk_elements))]
     if shared:
@@ -245,15 +246,11 @@ def _probe_type(model, pairs: list[EncodedPair], where: ForwardPlacement, max_to
 
 def _probe_shared(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
                   max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
-    """Prompts once (left-padded, KV cached), then all response types of each example in one batch."""
+    """Prompts once (left-padded, KV cached), then all response types of each example in one batch;
+    every example's prompt is the same non-empty one in every type (``_probe_sharing`` checks)."""
     types = list(pairs_by_type)
     k = len(types)
     n = len(next(iter(pairs_by_type.values()))) if types else 0
-    for i in range(n):
-        prompt = pairs_by_type[types[0]][i].prompt_ids
-        if not prompt or any(pairs_by_type[t][i].prompt_ids != prompt for t in types):
-            raise ValueError(f"share_prompts needs one non-empty prompt per example across response types; "
-                             f"example index {i} differs or is empty (probe with share_prompts=False)")
     sums = [_new_sums(n, where.device) for _ in types]
     # cost of an example: its prompt once plus K rows padded to its longest response
     cost = [len(pairs_by_type[types[0]][i].prompt_ids) + k * max(len(pairs_by_type[t][i].response_ids) for t in types)
