@@ -5,8 +5,15 @@ Scale (the storage benchmark's): 500 probe examples x 14 response types x 400 pr
 (one row per bucket comes back); the baseline pulls every raw bucket into pandas and aggregates
 there. Both run in this process against the same embedded SecantusDB, and the ratio is reported.
 
-    python -m bench.bench_query            # full scale (10 runs x 400 steps)
-    python -m bench.bench_query --quick    # 10 runs x 40 steps
+Buckets carry their summaries as the sink writes them (``summary``), so a first query copies
+them; ``--legacy`` also stores a copy of the runs without summaries (as buckets written before
+they existed) and times the first query that reduces every array in the server, the old path.
+``--sweep`` times `ldreg compare`'s page for 100 small runs (20 probe steps x 14 types x 100
+examples each, a sweep's scale).
+
+    python -m bench query               # full scale (10 runs x 400 steps, 56k points)
+    python -m bench query --quick       # 10 runs x 40 steps (5,600 points), with --legacy
+    python -m bench query --sweep       # 100 runs, the comparison page
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ RESPONSE_TYPES = ["chosen", "rejected", "initial", "chosen_rephrase_semantic", "
 
 def synthetic_run(run_id: int, steps: int, examples: int, seed: int, every: int = 100, dpo_from: float = 0.5) -> tuple[dict, list[dict]]:
     """A Sacred run document and its probe buckets: SFT then DPO, curves shaped like the paper's."""
+    from ldreg.store.documents import value_summary
+
     rng = np.random.default_rng(seed)
     start = dt.datetime(2025, 1, 1) + dt.timedelta(minutes=run_id)
     lr = [5e-7, 1e-6][run_id % 2]
@@ -53,34 +62,62 @@ def synthetic_run(run_id: int, steps: int, examples: int, seed: int, every: int 
                          "stage": ["0-sft", "1-dpo"][stage_index], "stage_index": stage_index, "step": k * 25,
                          "examples_seen": k * every, "probe_set": "train", "response_type": rtype,
                          "update_type": None, "example_ids": list(range(examples)),
-                         "values": {"logp_sum": values.tolist()}, "meta": {}, "schema_version": 1})
+                         "values": {"logp_sum": values.tolist()}, "summary": {"logp_sum": value_summary(values)},
+                         "meta": {}, "schema_version": 1})
     return run, docs
 
 
-def populate(db, runs: int, steps: int, examples: int) -> float:
-    """Insert the runs (insert_many in batches); return seconds taken."""
+def populate(db, runs: int, steps: int, examples: int, summaries: bool = True, tag: str = "bench",
+             first_id: int = 1) -> float:
+    """Insert the runs (insert_many in batches); return seconds taken. ``summaries=False``: buckets
+    as written before they carried their summary."""
+    from ldreg.store.collections import OBSERVATIONS
     from ldreg.store.documents import ensure_indexes
 
     ensure_indexes(db)
     t0 = time.perf_counter()
-    for r in range(1, runs + 1):
+    for r in range(first_id, first_id + runs):
         run, docs = synthetic_run(r, steps, examples, seed=r // 2)
+        run["meta"]["tags"] = [tag]
+        if not summaries:
+            for doc in docs:
+                del doc["summary"]
         db.runs.insert_one(run)
         for i in range(0, len(docs), 200):
-            db.observations.insert_many(docs[i:i + 200], ordered=False)
+            db[OBSERVATIONS].insert_many(docs[i:i + 200], ordered=False)
     return time.perf_counter() - t0
 
 
-def ldreg_path(db, out: Path) -> float:
+def ldreg_path(db, out: Path, tag: str = "bench", image: bool = True) -> tuple[float, int]:
+    """Seconds from query to PNG, and the points drawn (the chart thins long curves). ``image``:
+    without the hover-only tooltip layer (``charts.common.static``), as a picture needs."""
+    from ldreg.query.charts.common import static
     from ldreg.query.charts.curves import curves_chart
-    from ldreg.query.observations import curves_frame
+    from ldreg.query.frame import curves_frame
     from ldreg.query.pipeline import Aggregation, Pick
     from ldreg.query.select import select_runs
 
     t0 = time.perf_counter()
-    runs = select_runs(db, tags=["bench"])
+    runs = select_runs(db, tags=[tag])
     frame = curves_frame(db, runs, [Pick(response_types=RESPONSE_TYPES)], Aggregation(align="dpo"))
-    curves_chart(frame, facet="series", columns=5, align="dpo", title="bench").save(str(out), scale_factor=1.0)
+    chart = curves_chart(frame, facet="series", columns=5, align="dpo", title="bench")
+    (static(chart) if image else chart).save(str(out), scale_factor=1.0)
+    seconds = time.perf_counter() - t0
+    data = getattr(chart, "data", frame)
+    return seconds, len(data) if isinstance(data, pd.DataFrame) else len(data.values)
+
+
+def warm_up(out: Path) -> float:
+    """Import the query layer and start the PNG engine on a one-point chart, so that the first
+    query below measures the database and the drawing, not a process's start-up."""
+    t0 = time.perf_counter()
+    import altair as alt
+    import scipy.stats  # noqa: F401  (the t interval)
+
+    import ldreg.query.compare  # noqa: F401
+    import ldreg.query.frame  # noqa: F401
+
+    alt.Chart(pd.DataFrame({"x": [0]})).mark_point().encode(x="x").save(str(out))
     return time.perf_counter() - t0
 
 
@@ -88,12 +125,13 @@ def baseline_path(db, out: Path) -> float:
     """Pull every raw bucket into pandas, explode the arrays, aggregate there, same chart."""
     from ldreg.query.charts.curves import curves_chart
     from ldreg.query.labels import run_labels
-    from ldreg.query.observations import t_interval
+    from ldreg.query.frame import t_interval
     from ldreg.query.select import select_runs
+    from ldreg.store.collections import OBSERVATIONS
 
     t0 = time.perf_counter()
     runs = select_runs(db, tags=["bench"])
-    docs = list(db.observations.find({"run_id": {"$in": [r.id for r in runs]}, "kind": "probe"}))
+    docs = list(db[OBSERVATIONS].find({"run_id": {"$in": [r.id for r in runs]}, "kind": "probe"}))
     raw = pd.DataFrame([{k: d[k] for k in ("run_id", "stage", "stage_index", "step", "examples_seen", "probe_set",
                                            "response_type")} | {"v": d["values"]["logp_sum"]} for d in docs])
     long = raw.explode("v")
@@ -109,14 +147,28 @@ def baseline_path(db, out: Path) -> float:
     return time.perf_counter() - t0
 
 
+def sweep_compare(db, out: Path, runs: int = 100) -> tuple[float, float]:
+    """`ldreg compare` of a 100-run sweep: (seconds to insert, seconds for the page), first query."""
+    from ldreg.query.compare import compare_runs
+
+    inserted = populate(db, runs, 20, 100, tag="sweep", first_id=1001)
+    t0 = time.perf_counter()
+    compare_runs(list(range(1001, 1001 + runs)), out, db=db)
+    return inserted, time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="40 probe steps a run instead of 400")
+    parser.add_argument("--quick", action="store_true", help="40 probe steps a run instead of 400 (and --legacy)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--examples", type=int, default=500)
     parser.add_argument("--steps", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--legacy", action="store_true", help="also time the first query over buckets without summaries")
+    parser.add_argument("--sweep", action="store_true", help="also time the comparison page of a 100-run sweep")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the raw-buckets-into-pandas baseline")
+    args, _ = parser.parse_known_args()
     steps = args.steps or (40 if args.quick else 400)
+    legacy = args.legacy or args.quick
 
     from ldreg.store.connection import open_client
     from ldreg.store.server import EmbeddedServer
@@ -125,19 +177,40 @@ def main() -> None:
         server = EmbeddedServer(Path(tmp) / "db")
         info = server.start()
         try:
-            db = open_client(info.url, timeout_s=10)["bench_query"]
+            client = open_client(info.url, timeout_s=60)
+            db = client["bench_query"]
             values = args.runs * steps * len(RESPONSE_TYPES) * args.examples
-            print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}")
+            print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                  f"load average {os.getloadavg()[0]:.1f} (above 0: other work shares the machine)")
             print(f"data: {args.runs} runs x {steps} steps x {len(RESPONSE_TYPES)} response types x {args.examples} "
-                  f"examples = {values / 1e6:.1f}M values in {args.runs * steps * len(RESPONSE_TYPES):,} buckets")
+                  f"examples = {values / 1e6:.1f}M values in {args.runs * steps * len(RESPONSE_TYPES):,} buckets "
+                  f"({args.runs * steps * len(RESPONSE_TYPES):,} curve points)")
             print(f"insert: {populate(db, args.runs, steps, args.examples):.1f} s")
-            cold = ldreg_path(db, Path(tmp) / "cold.png")  # the first query summarises every bucket once
-            ours = ldreg_path(db, Path(tmp) / "ldreg.png")
-            base = baseline_path(db, Path(tmp) / "baseline.png")
-            print(f"first query -> PNG (summarises every bucket in the server): {cold:.2f} s")
-            print(f"query -> PNG, aggregated in the database: {ours:.2f} s")
-            print(f"query -> PNG, raw buckets into pandas:   {base:.2f} s")
-            print(f"speed-up: {base / ours:.1f}x")
+            print(f"warm-up (imports, the PNG engine; paid once a process, not counted below): "
+                  f"{warm_up(Path(tmp) / 'warm.png'):.1f} s")
+            cold, drawn = ldreg_path(db, Path(tmp) / "cold.png")  # copies the summaries the buckets carry
+            warm = [ldreg_path(db, Path(tmp) / "ldreg.png")[0] for _ in range(2)]
+            print(f"first query -> PNG (copies the buckets' summaries):   {cold:.2f} s  [target < 3 s]")
+            print(f"later query -> PNG (best of 2):                        {min(warm):.2f} s  [target < 2 s]")
+            hover = ldreg_path(db, Path(tmp) / "hover.png", image=False)[0]
+            print(f"later query -> PNG, tooltip layer kept (outputs.write today): {hover:.2f} s")
+            print(f"points drawn: {drawn:,} of {args.runs * steps * len(RESPONSE_TYPES):,} (the chart thins curves "
+                  f"longer than its panels are wide)")
+            if not args.no_baseline:
+                base = baseline_path(db, Path(tmp) / "baseline.png")
+                print(f"baseline: raw buckets into pandas -> PNG:             {base:.2f} s  "
+                      f"(ldreg later query {base / min(warm):.1f}x faster)")
+            if legacy:
+                old = client["bench_query_legacy"]
+                populate(old, args.runs, steps, args.examples, summaries=False)
+                old_cold, _ = ldreg_path(old, Path(tmp) / "legacy.png")
+                print(f"old path: first query over buckets without summaries: {old_cold:.2f} s  "
+                      f"(first query now {old_cold / cold:.1f}x faster)")
+            if args.sweep:
+                inserted, page = sweep_compare(client["bench_sweep"], Path(tmp) / "compare.html")
+                print(f"sweep: 100 runs x 20 steps x 14 types x 100 examples inserted in {inserted:.1f} s; "
+                      f"`ldreg compare` page, first query: {page:.2f} s  [target < 5 s]")
+            client.close()
         finally:
             server.stop()
 

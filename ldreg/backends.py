@@ -31,6 +31,7 @@ class Backend(ABC):
         ``parameters`` of the model once it is loaded (a backend may size its threads by it)."""
 
     def is_available(self) -> bool:
+        """``availability()[0]``."""
         return self.availability()[0]
 
     def preferred_dtype(self) -> torch.dtype:
@@ -56,6 +57,7 @@ class Backend(ABC):
         torch.manual_seed(seed)
 
     def describe(self) -> str:
+        """One line for people: "cuda: available on cuda:0" or "mps: unavailable: <why>"."""
         ok, why = self.availability()
         return f"{self.name}: {'available on ' + str(self.device()) if ok else 'unavailable: ' + why}"
 

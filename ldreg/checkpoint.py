@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from ldreg import config
 from ldreg.errors import LdregError
 
@@ -23,6 +21,8 @@ def checkpoint_path(run_id: int) -> Path:
 def save(run_id: int, state: dict) -> Path:
     path = checkpoint_path(run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import torch  # here, so that `ldreg runs delete` and `mark-failed` (exists/discard) need no torch
+
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -38,6 +38,8 @@ def load(run_id: int) -> dict:
     if not path.exists():
         raise LdregError(f"run {run_id} has no checkpoint at {path}; it can only be rerun "
                          f"(checkpoints are written every `checkpoint_every` steps)")
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 

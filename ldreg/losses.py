@@ -20,12 +20,12 @@ import inspect
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
 
-from ldreg.errors import LdregError, PluginError
+from ldreg.errors import LdregError, PluginError, closest
 
 
 @dataclass
@@ -57,9 +57,21 @@ class LossOutput:
 LossFunction = Callable[..., LossOutput]
 
 # A declared constraint on one hyper-parameter: a short rule in text ("> 0", ">= 0", "[0, 0.5)",
-# "{0, 1}") or a callable taking the value and returning what is wrong with it (a phrase such as
-# "must be a power of 2") or None when the value is fine.
-ConstraintRule = Union[str, Callable[[float], Optional[str]]]
+# "{0, 1}", or for a string parameter a choice "{sum, mean}") or a callable taking the value and
+# returning what is wrong with it (a phrase such as "must be a power of 2") or None when it is fine.
+ConstraintRule = Union[str, Callable[[Any], Optional[str]]]
+
+# A hyper-parameter's type is its default's: a spec gives the same type, so a switch is written
+# true/false rather than 1.0/0.0, a count 3 rather than 3.0, and a choice as a string.
+HyperValue = Union[bool, int, float, str]
+
+
+def param_type(default: object) -> type:
+    """The declared type of a hyper-parameter: bool, int, float or str, read from its default."""
+    for kind in (bool, int, float, str):  # bool first: True is also an int
+        if isinstance(default, kind):
+            return kind
+    raise ValueError(f"a hyper-parameter's default is a bool, int, float or str; got {default!r}")
 
 _COMPARISONS = {">": float.__gt__, ">=": float.__ge__, "<": float.__lt__, "<=": float.__le__}
 _INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
@@ -78,9 +90,10 @@ def _show(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and math.isfinite(value) else repr(float(value))
 
 
-def parse_constraint(rule: ConstraintRule) -> Callable[[float], str | None]:
+def parse_constraint(rule: ConstraintRule, kind: type = float) -> Callable[[Any], str | None]:
     """A checker for one declared rule: value -> None, or the problem ("must be > 0").
 
+    ``kind`` is the parameter's type: for ``str`` the only text rule is a choice ("{sum, mean}").
     Raises ValueError for a rule it cannot read, so a malformed declaration fails at registration.
     """
     if callable(rule):
@@ -88,6 +101,13 @@ def parse_constraint(rule: ConstraintRule) -> Callable[[float], str | None]:
     if not isinstance(rule, str):
         raise ValueError(f"a constraint is a string such as '> 0' or '[0, 1)', or a callable; got {rule!r}")
     text = rule.strip()
+    if kind is str:
+        match = _SET.match(text)
+        options = [part.strip() for part in match.group(1).split(",") if part.strip()] if match else []
+        if not options:
+            raise ValueError(f"a string hyper-parameter's rule is a choice such as '{{sum, mean}}'; got {rule!r}")
+        shown = ", ".join(options)
+        return lambda v: None if v in options else f"must be one of {shown}{closest(str(v)[:100], options)}"
     if match := _COMPARISON.match(text):
         op, bound = match.group(1), _number(match.group(2))
         test = _COMPARISONS[op]
@@ -118,10 +138,11 @@ class LossDefinition:
     """A registered loss.
 
     ``compute(logps, **hparams)`` returns a ``LossOutput``. ``defaults`` names every
-    hyper-parameter the loss accepts with its default; a spec may override any of them and
-    nothing else. ``constraints`` declares, per hyper-parameter, which values make sense
-    (``{"beta": "> 0", "label_smoothing": "[0, 0.5]"}``, see ``parse_constraint``), so a spec is
-    checked before training (``check_params``) rather than failing at the first step.
+    hyper-parameter the loss accepts with its default, whose type (bool, int, float or str) is the
+    parameter's type; a spec may override any of them and nothing else. ``constraints`` declares,
+    per hyper-parameter, which values make sense (``{"beta": "> 0", "label_smoothing": "[0, 0.5]",
+    "reduce": "{sum, mean}"}``, see ``parse_constraint``), so a spec is checked before training
+    (``check_params``) rather than failing at the first step.
     ``needs_rejected``/``needs_reference`` tell the engine what to compute;
     ``rejected_source`` is ``"data"`` or ``"generated"`` (SPIN: the engine samples y- from the
     opponent model). ``sft_targets`` lists which responses an SFT-like loss trains on
@@ -133,7 +154,7 @@ class LossDefinition:
     name: str
     compute: LossFunction
     description: str
-    defaults: Mapping[str, float] = field(default_factory=dict)
+    defaults: Mapping[str, HyperValue] = field(default_factory=dict)
     needs_rejected: bool = False
     needs_reference: bool = False
     rejected_source: str = "data"
@@ -146,7 +167,7 @@ class LossDefinition:
         if self.rejected_source not in ("data", "generated"):
             raise ValueError(f"rejected_source must be 'data' or 'generated', not {self.rejected_source!r}")
 
-    def __call__(self, logps: SequenceLogps, **hparams: float) -> LossOutput:
+    def __call__(self, logps: SequenceLogps, **hparams: HyperValue) -> LossOutput:
         """The guarded call (see ``checked_call``) without a stage or step to report."""
         return checked_call(self, logps, hparams)
 
@@ -158,8 +179,9 @@ class LossDefinition:
     def check_params(self, params: Mapping[str, object]) -> list[str]:
         """What is wrong with ``params`` (a spec's overrides), one "name: problem (got value)" each.
 
-        Every value must be a finite number; declared constraints are then applied. An empty list
-        means the parameters are fine.
+        Every value must have its default's type (a float parameter takes any finite number; a
+        bool one takes true/false, or 1/0 as specs written before types did) and then satisfy its
+        declared constraint. An empty list means the parameters are fine.
         """
         problems = []
         for key, value in params.items():
@@ -170,16 +192,45 @@ class LossDefinition:
                 problems.append(f"{key}: {problem} (got {_preview(value)})")
         return problems
 
+    def coerce(self, params: Mapping[str, object]) -> dict[str, object]:
+        """``params`` with each value in its parameter's type where that loses nothing: an integer
+        or a numeric string (YAML reads 1e-5 as one) for a float, 1/0 for a bool. Anything else is
+        left for ``check_params`` to name."""
+        out = dict(params)
+        for key, value in params.items():
+            if key not in self.defaults or isinstance(value, bool):
+                continue
+            kind = param_type(self.defaults[key])
+            if kind is float and isinstance(value, int):
+                out[key] = float(value)
+            elif kind is float and isinstance(value, str) and len(value) < 100:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    pass
+            elif kind is bool and isinstance(value, (int, float)) and value in (0, 1):
+                out[key] = bool(value)
+        return out
+
     def _value_problem(self, key: str, value: object) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return "must be a number"
-        if not math.isfinite(value):
+        kind = param_type(self.defaults[key])
+        if kind is bool:
+            if not (isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1))):
+                return "must be true or false"
+        elif kind is str:
+            if not isinstance(value, str):
+                return "must be a string"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be an integer" if kind is int else "must be a number"
+        elif kind is int and not isinstance(value, int):
+            return "must be an integer"
+        elif not math.isfinite(value):
             return "must be a finite number"
         rule = self.constraints.get(key)
         if rule is None:
             return None
         try:
-            return parse_constraint(rule)(float(value))
+            return parse_constraint(rule, kind)(value if kind in (str, int) else float(value))
         except Exception as exc:  # a plugin's own check failing is named, not traced back
             return f"the constraint of {self.label} failed on it ({type(exc).__name__}: {_clip(str(exc), 80)})"
 
@@ -191,13 +242,19 @@ class LossDefinition:
         hyper-parameters, and the defaults must satisfy them.
         """
         problems = _signature_problems(self)
+        for key, default in self.defaults.items():
+            if not isinstance(default, (bool, int, float, str)):
+                problems.append(f"defaults[{key!r}] is {_preview(default)}; a hyper-parameter's default "
+                                f"is a bool, int, float or str (its type is the parameter's type)")
+        if problems:
+            return problems
         for key, rule in self.constraints.items():
             if key not in self.defaults:
                 problems.append(f"constraints name {key!r}, which is not in defaults "
                                 f"({', '.join(sorted(self.defaults)) or 'none'})")
                 continue
             try:
-                parse_constraint(rule)
+                parse_constraint(rule, param_type(self.defaults[key]))
             except ValueError as exc:
                 problems.append(f"constraints[{key!r}]: {exc}")
                 continue
@@ -258,7 +315,7 @@ def _inputs(logps: SequenceLogps) -> dict[str, Tensor]:
     return {name: value for name, value in vars(logps).items() if isinstance(value, Tensor)}
 
 
-def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapping[str, float],
+def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapping[str, HyperValue],
                  where: str = "", diverged: str = "lower the learning rate or check the data") -> LossOutput:
     """Call a loss plugin and check what it returned, so a broken plugin is named, not traced back.
 
@@ -279,7 +336,7 @@ def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapp
         return LossCallError(f"{definition.label} {problem}{at}: {fix}")
 
     try:
-        out = definition.compute(logps, **{**definition.defaults, **hparams})
+        out = definition.compute(logps, **{**definition.defaults, **definition.coerce(hparams)})
     except (LdregError, MemoryError, KeyboardInterrupt):
         raise  # already says what is wrong (e.g. a missing reference), or not the plugin's doing
     except Exception as exc:
@@ -321,5 +378,10 @@ def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapp
 
 
 def detached_metrics(**values: Tensor) -> dict[str, float]:
-    """Turn batch tensors into the plain floats a logger stores (means over the batch)."""
-    return {name: float(torch.as_tensor(v).detach().float().mean()) for name, v in values.items()}
+    """Turn batch tensors into the plain floats a logger stores (means over the batch).
+
+    The mean is taken in float64, so a logged reward equals the loss's own float64 value to the
+    last digit (a float32 cast would differ by up to ~5e-8 relative from what the loss saw).
+    """
+    return {name: float(torch.as_tensor(v).detach().to("cpu", torch.float64).mean())  # MPS has no float64
+            for name, v in values.items()}

@@ -52,7 +52,7 @@ def check_data(spec: ExperimentSpec) -> tuple[list[str], int | None]:
     d = spec.data
     source = d.source
     if source.startswith("generated:"):
-        from ldreg.data.fortune_prefs import PREFIX, recipe
+        from ldreg.paper.fortune_prefs import PREFIX, recipe
 
         recipe(source[len(PREFIX):])  # a known name, or a SpecError listing the known ones
         return [f"data.source: {source} (built from Debian's fortunes at run start if not cached)"], None
@@ -92,7 +92,7 @@ def check_model(field: str, base: str) -> str:
     if base == "tiny":
         return f"{field}: tiny (built from config at run start)"
     if base.startswith("pretrained:"):
-        from ldreg.pretrain import RECORD_FILE, preset, pretrained_dir
+        from ldreg.paper.pretrain import RECORD_FILE, preset, pretrained_dir
 
         name = base.split(":", 1)[1]
         preset(name)  # a known preset, or a SpecError listing them

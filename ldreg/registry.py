@@ -10,6 +10,11 @@ would ignore it and the plugin would register nothing), a misspelt hook (with th
 hook), a loss whose ``defaults`` do not match its ``compute``. Built-ins are the entry points of
 the ``ldreg`` distribution itself; ``LDREG_PLUGINS`` selects third-party plugins by
 distribution (or entry-point) name and warns about names that match nothing.
+
+Hooks are called through pluggy, once per implementing plugin (``collect``), so that the registry
+knows who is adding and pluggy's tracing and hook wrappers still apply; LDREG_TRACE_PLUGINS=1
+prints each call and what it registered (``ldreg.plugin_trace``). Plugins also load from a folder
+of ``.py`` files (``ldreg.plugin_dir``). A new kind of registry is declared once with ``add_kind``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ import types
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, Generic, Iterable, TypeVar
 
 import pluggy
 
-from ldreg import hookspecs
+from ldreg import hookspecs, plugin_dir, plugin_trace
 from ldreg.backends import Backend
 from ldreg.errors import PluginError, closest
 from ldreg.losses import LossDefinition
@@ -77,6 +83,11 @@ class Registry(Generic[T]):
         return _label(self.plugin, self.distribution, self.version)
 
     def add(self, item: T) -> None:
+        """Register ``item`` under its ``name``, remembering the plugin that is adding it.
+
+        Raises a PluginError naming the plugin when ``item`` is not of the registry's item type,
+        has an empty ``name``, or has a name another plugin registered (both are named).
+        """
         if not isinstance(item, self.item_type):
             raise PluginError(
                 f"{self.origin} registered {item!r} as a {self.kind}; "
@@ -135,6 +146,10 @@ class LossRegistry(Registry[LossDefinition]):
     item_type = LossDefinition
 
     def add(self, item: LossDefinition) -> None:
+        """Register a loss after checking it: ``compute`` callable, ``defaults`` matching its
+        signature, constraints readable and satisfied by the defaults (``declaration_problems``);
+        then, as every registry, its type, a non-empty name and a name no other plugin took. The
+        stored copy's ``origin`` names the plugin, distribution and version."""
         if isinstance(item, LossDefinition):
             if not callable(item.compute):
                 raise PluginError(f"{self.origin}: loss {item.name!r} has no callable compute")
@@ -162,33 +177,84 @@ class BackendRegistry(Registry[Backend]):
     item_type = Backend
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One kind of registered thing: its ``Plugins`` attribute, hook, registry type and the column
+    that ``ldreg plugins`` lists it under."""
+
+    attr: str
+    hook: str
+    registry: type[Registry]
+    column: str
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def add_kind(attr: str, hook: str, registry: type[Registry], column: str | None = None) -> None:
+    """Declare a kind of plugin registration: ``Plugins.<attr>`` is then a ``registry`` filled by
+    calling ``hook`` on every plugin, and ``describe()`` lists it under ``column``."""
+    KINDS[attr] = Kind(attr, hook, registry, column or attr)
+
+
+add_kind("losses", "ldreg_register_losses", LossRegistry)
+add_kind("responses", "ldreg_register_responses", ResponseRegistry, "response types")
+add_kind("backends", "ldreg_register_backends", BackendRegistry)
+
+
+def _new_registries() -> dict[str, Registry]:
+    return {attr: kind.registry() for attr, kind in KINDS.items()}
+
+
 @dataclass
 class Plugins:
     """Everything the loaded plugins registered, and who registered it.
 
-    ``sources`` maps each loaded plugin's name to its (distribution, version); plugins registered
-    in-process (tests, notebooks) have none. ``excluded`` lists the installed entry points that
-    LDREG_PLUGINS left out, so a lookup of something they provide says so.
+    ``registries`` holds one typed registry per kind (``KINDS``), also reachable as attributes
+    (``plugins.losses``). ``sources`` maps each entry-point plugin's name to its (distribution,
+    version); ``origins`` maps each plugin loaded from a plugins folder to its file; plugins
+    registered in-process (tests, notebooks) have neither. ``excluded`` lists the installed entry
+    points that LDREG_PLUGINS left out, so a lookup of something they provide says so.
     """
 
     manager: pluggy.PluginManager
-    losses: LossRegistry = field(default_factory=LossRegistry)
-    responses: ResponseRegistry = field(default_factory=ResponseRegistry)
-    backends: BackendRegistry = field(default_factory=BackendRegistry)
+    registries: dict[str, Registry] = field(default_factory=_new_registries)
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
     excluded: list[importlib.metadata.EntryPoint] = field(default_factory=list)
     selection: str | None = None
     _excluded_found: dict[str, Registry] | None = field(default=None, repr=False)
 
+    @property
+    def losses(self) -> LossRegistry:
+        return self.registries["losses"]  # type: ignore[return-value]
+
+    @property
+    def responses(self) -> ResponseRegistry:
+        return self.registries["responses"]  # type: ignore[return-value]
+
+    @property
+    def backends(self) -> BackendRegistry:
+        return self.registries["backends"]  # type: ignore[return-value]
+
+    def __getattr__(self, name: str) -> Registry:
+        """Kinds declared later with ``add_kind`` (e.g. ``plugins.executors``)."""
+        registries = self.__dict__.get("registries") or {}
+        if name in registries:
+            return registries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def _registries(self) -> dict[str, Registry]:
-        return {"losses": self.losses, "responses": self.responses, "backends": self.backends}
+        return self.registries
 
     def describe(self) -> list[dict[str, object]]:
-        """One row per plugin: name, version, and what it registers (for `ldreg plugins`)."""
-        columns = {"losses": self.losses, "response types": self.responses, "backends": self.backends}
+        """One row per plugin: name, version, origin (the file of a plugins-folder plugin, else "")
+        and what it registers, one column per kind (for `ldreg plugins`)."""
+        columns = {KINDS[attr].column: reg for attr, reg in self.registries.items() if attr in KINDS}
 
         def row(plugin: str, distribution: str = "", version: str = "") -> dict[str, object]:
-            return {"plugin": plugin, "distribution": distribution, "version": version, **{c: [] for c in columns}}
+            return {"plugin": plugin, "distribution": distribution, "version": version,
+                    "origin": self.origins.get(plugin, ""), **{c: [] for c in columns}}
 
         rows = {plugin: row(plugin, *self.sources.get(plugin, ("", ""))) for plugin in self._plugin_names()}
         for column, reg in columns.items():
@@ -197,13 +263,16 @@ class Plugins:
         return [rows[k] for k in sorted(rows)]
 
     def versions(self) -> list[dict[str, str]]:
-        """Every loaded plugin with its distribution and version, for a run's record.
+        """Every loaded plugin with its distribution and version (and, for a plugins-folder plugin,
+        its ``origin`` file), for a run's record.
 
         A list of records rather than a mapping: plugin names contain dots, which MongoDB keys
         should not.
         """
         return [{"plugin": name, "distribution": self.sources.get(name, ("", ""))[0],
-                 "version": self.sources.get(name, ("", ""))[1]} for name in sorted(self._plugin_names())]
+                 "version": self.sources.get(name, ("", ""))[1],
+                 **({"origin": self.origins[name]} if name in self.origins else {})}
+                for name in sorted(self._plugin_names())]
 
     def _plugin_names(self) -> list[str]:
         return [n for n in (self.manager.get_name(p) for p in self.manager.get_plugins()) if n]
@@ -317,18 +386,37 @@ def check_hooks(pm: pluggy.PluginManager, label_of: Callable[[str], tuple[str, b
             raise PluginError(f"{label}: {'; '.join(problems)}{hint}")
 
 
-def make_manager(extra_plugins: Iterable[object] = (), eps: Iterable[importlib.metadata.EntryPoint] = ()
-                 ) -> pluggy.PluginManager:
-    """A PluginManager with the entry points ``eps`` and ``extra_plugins`` loaded and checked."""
+def make_manager(extra_plugins: Iterable[object] = (), eps: Iterable[importlib.metadata.EntryPoint] = (),
+                 files: Iterable[Path] = ()) -> pluggy.PluginManager:
+    """A PluginManager with the entry points ``eps``, the plugin ``files`` (a plugins folder's
+    ``.py`` files, each named after its file) and ``extra_plugins`` loaded and checked.
+
+    With LDREG_TRACE_PLUGINS=1 every hook call of the manager is printed to stderr.
+    """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    sources = {}
+    if plugin_trace.enabled():
+        plugin_trace.trace_hook_calls(pm)
+    sources, origins = {}, {}
     for ep in eps:
         _register_entry_point(pm, ep)
         sources[ep.name] = _distribution(ep)
+    for path in files:
+        name = path.stem
+        if pm.has_plugin(name) or name in origins:
+            other = origins.get(name) or _label(name, *sources.get(name, ("", "")))
+            raise PluginError(f"plugin file {path}: the plugin name {name!r} is taken by {other}; rename the file")
+        pm.register(plugin_dir.load_file(path), name=name)
+        origins[name] = str(path)
     for plugin in extra_plugins:  # e.g. tests, notebooks: named after their module or class
         pm.register(plugin, name=getattr(plugin, "__name__", None) or type(plugin).__name__)
-    check_hooks(pm, lambda name: (_label(name, *sources.get(name, ("", ""))), name in sources))
+
+    def label_of(name: str) -> tuple[str, bool]:
+        if name in origins:
+            return f"plugin {name!r} ({origins[name]})", False
+        return _label(name, *sources.get(name, ("", ""))), name in sources
+
+    check_hooks(pm, label_of)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:  # pragma: no cover - check_hooks reports these first
@@ -336,15 +424,26 @@ def make_manager(extra_plugins: Iterable[object] = (), eps: Iterable[importlib.m
     return pm
 
 
-def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
-             sources: dict[str, tuple[str, str]]) -> None:
-    """Call each implementation in turn, so the registry knows which plugin is adding."""
-    hook = getattr(pm.hook, hook_name)
-    for impl in hook.get_hookimpls():  # registration order: built-ins first
-        registry.plugin = pm.get_name(impl.plugin) or repr(impl.plugin)
+def _is_wrapper(impl: pluggy.HookImpl) -> bool:
+    return bool(impl.hookwrapper or impl.wrapper)
+
+
+def collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
+            sources: dict[str, tuple[str, str]]) -> None:
+    """Call ``hook_name`` on each implementing plugin in turn, through pluggy, so the registry knows
+    which plugin is adding.
+
+    Each call is a pluggy subset hook caller holding one plugin's implementation (and every hook
+    wrapper), so pluggy's tracing, monitoring and wrappers see it as an ordinary hook call.
+    """
+    impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if not _is_wrapper(i)]
+    plugins = list({id(i.plugin): i.plugin for i in impls}.values())  # registration order: built-ins first
+    for plugin in plugins:
+        others = [p for p in plugins if p is not plugin]
+        registry.plugin = pm.get_name(plugin) or repr(plugin)
         registry.distribution, registry.version = sources.get(registry.plugin, ("", ""))
         try:
-            impl.function(registry=registry)
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(registry=registry)
         except PluginError:
             raise
         except Exception as exc:
@@ -352,14 +451,9 @@ def _collect(pm: pluggy.PluginManager, hook_name: str, registry: Registry,
     registry.plugin, registry.distribution, registry.version = "<unknown>", "", ""
 
 
-_HOOKS = {"losses": "ldreg_register_losses", "responses": "ldreg_register_responses",
-          "backends": "ldreg_register_backends"}
-
-
 def _load_excluded(eps: list[importlib.metadata.EntryPoint]) -> dict[str, Registry]:
     """What the excluded plugins would register (only to explain a failed lookup)."""
-    found: dict[str, Registry] = {"losses": LossRegistry(), "responses": ResponseRegistry(),
-                                  "backends": BackendRegistry()}
+    found = _new_registries()
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     sources = {}
@@ -369,24 +463,32 @@ def _load_excluded(eps: list[importlib.metadata.EntryPoint]) -> dict[str, Regist
             sources[ep.name] = _distribution(ep)
         except Exception:  # noqa: BLE001 - a broken excluded plugin is simply not found
             continue
-    for attr, hook in _HOOKS.items():
+    for attr, kind in KINDS.items():
         try:
-            _collect(pm, hook, found[attr], sources)
+            collect(pm, kind.hook, found[attr], sources)
         except Exception:  # noqa: BLE001
             continue
     return found
 
 
-def load_plugins(extra_plugins: Iterable[object] = ()) -> Plugins:
-    """Load every allowed plugin and fill the typed registries."""
-    selection = os.environ.get(ENV_PLUGINS)
+def load_plugins(extra_plugins: Iterable[object] = (), files: Iterable[str | Path] = (),
+                 third_party: bool = True) -> Plugins:
+    """Load every allowed plugin (entry points under LDREG_PLUGINS, every file of LDREG_PLUGINS_DIR,
+    the plugin ``files`` given, then ``extra_plugins``) and fill the typed registries.
+
+    ``third_party=False`` loads only ldreg's own built-ins besides ``files`` and ``extra_plugins``
+    (a plugin's tests, isolated from whatever else is installed, its own installed copy included).
+    """
+    selection = os.environ.get(ENV_PLUGINS) if third_party else ""
     load, excluded = select(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), selection)
-    pm = make_manager(extra_plugins, load)
+    files = (plugin_dir.plugin_files() if third_party else []) + [Path(f).resolve() for f in files]
+    pm = make_manager(extra_plugins, load, files)
     sources = {ep.name: _distribution(ep) for ep in load}
-    plugins = Plugins(manager=pm, sources=sources, excluded=excluded, selection=selection)
-    for attr, hook in _HOOKS.items():
-        registry = plugins._registries()[attr]
-        _collect(pm, hook, registry, sources)
+    plugins = Plugins(manager=pm, sources=sources, origins={f.stem: str(f) for f in files},
+                      excluded=excluded, selection=selection)
+    for attr, kind in KINDS.items():
+        registry = plugins.registries[attr]
+        collect(pm, kind.hook, registry, sources)
         registry.excluded_lookup = lambda name, attr=attr: plugins.excluded_message(attr, name)
     return plugins
 
@@ -403,3 +505,17 @@ def get_plugins() -> Plugins:
 
 def reset() -> None:
     _default.cache_clear()
+
+
+# ---- sweep executors (ldreg.sweep): `local`, `ray`, `slurm` built in, third-party ones alike
+from ldreg.sweep.executor import Executor  # noqa: E402 - light: no torch, no engines
+
+
+class ExecutorRegistry(Registry[Executor]):
+    """Sweep executors (``ldreg sweep run --executor NAME``)."""
+
+    kind = "executor"
+    item_type = Executor
+
+
+add_kind("executors", "ldreg_register_executors", ExecutorRegistry)

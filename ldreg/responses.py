@@ -20,7 +20,11 @@ from typing import Any, Sequence
 
 @dataclass(frozen=True)
 class PreferenceExample:
-    """One prompt with its preferred (y+) and less preferred (y-) responses."""
+    """One ``prompt`` with its preferred (``chosen``, y+) and less preferred (``rejected``, y-) responses.
+
+    ``id`` is the example's id in its data set (stable across runs); ``extras`` holds the data
+    record's other fields that ldreg keeps (e.g. ``chosen_prob``, a soft preference label).
+    """
 
     id: int
     prompt: str
@@ -33,9 +37,11 @@ class PreferenceExample:
 class GenerationContext:
     """What a generator may draw on besides the example itself.
 
-    ``train_pool``/``test_pool`` are the other examples of each split (for "y+ of another
-    prompt"); ``corpus`` is a list of real English sentences; ``model``/``tokenizer`` are set only
-    when a real model is at hand (self-rephrase, y0); ``seed`` makes every draw reproducible.
+    ``seed`` makes every draw reproducible (use ``rng``); ``train_pool``/``test_pool`` are the
+    examples of each split (for "y+ of another prompt"); ``corpus`` is a list of real English
+    sentences (empty unless the caller supplies one); ``model``/``tokenizer`` are the run's base
+    model and tokenizer, set only when a real model is at hand (self-rephrase, y0); ``options``
+    holds generator settings by key (each generator reads its own keys and a default).
     """
 
     seed: int = 0
@@ -67,11 +73,18 @@ class ResponseGenerator(ABC):
 
     @property
     def display_label(self) -> str:
+        """``label``, or ``name`` where the plugin set no label."""
         return self.label or self.name
 
     @abstractmethod
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
-        """The response text of this type for ``example``."""
+        """The response text of this type for ``example``: a non-empty string, drawn only from
+        ``ctx.rng(example, self.name)`` when random, so that a probing set built twice is the same."""
+
+    def provenance(self, ctx: GenerationContext) -> dict[str, Any]:
+        """What made the text beyond the code (a model, a template, a corpus), JSON-safe, recorded in
+        the probing set's metadata. The default records nothing extra."""
+        return {}
 
 
 def code_fingerprint(generator: ResponseGenerator) -> str:

@@ -105,12 +105,21 @@ def resolve_model_path(spec: ExperimentSpec, train_examples: Sequence[Preference
         key = _fingerprint(texts, tiny.__dict__, spec.seed)
         directory = config.cache_dir() / "models" / f"tiny-{key}"
         if not (directory / "config.json").exists():
-            build_tiny_model(directory, texts, vocab_size=tiny.vocab_size, seed=spec.seed,
+            # built aside and renamed into place: parallel sweep workers never read a half-written model
+            import os
+            import shutil
+
+            partial = directory.with_name(f"{directory.name}.partial-{os.getpid()}")
+            build_tiny_model(partial, texts, vocab_size=tiny.vocab_size, seed=spec.seed,
                              architecture=getattr(tiny, "architecture", "gpt_neox"),
                              hidden_size=tiny.hidden_size, layers=tiny.layers, heads=tiny.heads)
+            try:
+                os.rename(partial, directory)
+            except OSError:  # another process finished first: its model is the same (same key)
+                shutil.rmtree(partial, ignore_errors=True)
         return str(directory)
     if base.startswith("pretrained:"):
-        from ldreg.pretrain import pretrained_path
+        from ldreg.paper.pretrain import pretrained_path
 
         return str(pretrained_path(base.split(":", 1)[1]))
     from ldreg import zoo
@@ -151,7 +160,7 @@ def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> Prepare
     d = spec.data
     source = d.source
     if source.startswith("generated:"):  # a data set ldreg builds from real text (the offline demo)
-        from ldreg.data.fortune_prefs import resolve_source
+        from ldreg.paper.fortune_prefs import resolve_source
 
         source = resolve_source(source)
     elif source.startswith("authors:"):  # the authors' HH files shipped in the package
@@ -197,12 +206,14 @@ def probing_sets(spec: ExperimentSpec, train: Sequence[PreferenceExample], test:
             examples = probe_sample(train if s.source == "train" else test, s.n, sample_seed)
             key = _fingerprint([(e.id, e.prompt, e.chosen, e.rejected) for e in examples],
                                spec.probing.all_types(), s.source, model_path if _needs_model(spec, plugins) else "",
-                               [plugins.responses.identity(t) for t in spec.probing.all_types()], sample_seed)
+                               [plugins.responses.identity(t) for t in spec.probing.all_types()], sample_seed,
+                               spec.probing.options)
             path = config.cache_dir() / "probing" / f"{s.name}-{key}.jsonl"
             if path.exists():
                 sets.append(ProbingSet.load(path))
                 continue
-            ctx = GenerationContext(seed=sample_seed, train_pool=train, test_pool=test, model=model, tokenizer=tokenizer)
+            ctx = GenerationContext(seed=sample_seed, train_pool=train, test_pool=test, model=model,
+                                    tokenizer=tokenizer, options=dict(spec.probing.options))
             built = build_probing_set(examples, spec.probing.all_types(), ctx, plugins.responses, name=s.name)
             built.save(path)
             sets.append(built)
@@ -246,16 +257,26 @@ def encode_set(probing: ProbingSet, tokenizer, limits: TokenLimits, report: Trun
 
 
 class ProbeObserver:
-    """On the probe schedule: probe every set, then influence and eNTK when they are due."""
+    """On the probe schedule: probe every set (and its displacement since the stage start), then
+    influence, eNTK and CHES when they are due."""
 
-    def __init__(self, spec: ExperimentSpec, prepared: PreparedRun, sink: ObservationSink, backend: Backend):
+    def __init__(self, spec: ExperimentSpec, prepared: PreparedRun, sink: ObservationSink, backend: Backend,
+                 on_alarm=None):
+        from ldreg.dynamics.displacement import Alarms, DisplacementTracker
+
         self.spec, self.prepared, self.sink, self.backend = spec, prepared, sink, backend
+        # displacement since each stage's start, from the probe pass's own numbers (no extra forward)
+        self.displacement = DisplacementTracker()
+        self.alarms = Alarms(spec.alarms.displacement_share, spec.alarms.squeeze) if spec.alarms else None
+        self.on_alarm = on_alarm  # called with each Crossing the first time an alarm fires
+        self.ches_stage: int | None = None  # the stage whose start CHES was last computed in
         self.dtype = _dtype(spec.model.dtype, backend)
         self.passes = 0
         self.seconds = 0.0
+        self.probed_at: int | None = None  # examples seen at the previous probe pass (checkpointed)
 
     def __call__(self, model: torch.nn.Module, clock: Clock) -> None:
-        from ldreg.dynamics.probes import probe, probe_observations
+        from ldreg.dynamics.probes import probe, probe_observations, prompt_sharing
 
         start = time.perf_counter()
         pad = self.prepared.tokenizer.pad_token_id
@@ -264,44 +285,119 @@ class ProbeObserver:
                            max_tokens_per_batch=self.spec.probing.max_tokens_per_batch, pad_id=pad,
                            # each prompt once, its KV cache reused by every type (same numbers, fewer tokens)
                            share_prompts=self.spec.probing.share_prompts)
+            shared = sum(prompt_sharing(ps.pairs_by_type)) if self.spec.probing.share_prompts else 0
             for obs in probe_observations(result, ps.example_ids, step=clock.step, examples_seen=clock.examples_seen,
-                                          stage=clock.stage, stage_index=clock.stage_index, probe_set=ps.name):
+                                          stage=clock.stage, stage_index=clock.stage_index, probe_set=ps.name,
+                                          meta={"prompts_shared": shared}):
                 self.sink.emit(obs)
-        self._extras(model, clock)
+            self._displacement(result, ps, clock)
+        self._extras(model, clock, self.probed_at)
+        self._generations(model, clock, self.probed_at)
+        self.probed_at = clock.examples_seen
         self.backend.synchronize()
         self.passes += 1
         self.seconds += time.perf_counter() - start
 
-    def _extras(self, model: torch.nn.Module, clock: Clock) -> None:
+    def _displacement(self, result, ps: "EncodedProbeSet", clock: Clock) -> None:
+        """Emit the set's displacement since the stage start; raise the spec's alarms when crossed."""
+        where = dict(step=clock.step, examples_seen=clock.examples_seen, stage=clock.stage,
+                     stage_index=clock.stage_index)
+        obs = self.displacement.observe(result, ps.example_ids, probe_set=ps.name, **where)
+        if obs is None:
+            return
+        self.sink.emit(obs)
+        if self.alarms is not None:
+            for crossing in self.alarms.check(ps.name, obs.meta, **where):
+                if self.on_alarm is not None:
+                    self.on_alarm(crossing)
+
+    def _extras(self, model: torch.nn.Module, clock: Clock, previous: int | None) -> None:
         """The influence matrix and the eNTK Gram: costly, so on their own (coarser) schedule."""
         probing = self.spec.probing
         first = next(iter(self.prepared.probe_sets.values()))
         pad = self.prepared.tokenizer.pad_token_id
         where = dict(step=clock.step, examples_seen=clock.examples_seen, stage=clock.stage,
                      stage_index=clock.stage_index, probe_set=first.name)
-        if probing.influence and _due(probing.influence.every, clock):
+        if probing.influence and _due(probing.influence.every, clock, previous):
             from ldreg.dynamics.influence import influence, influence_observations
 
             n = probing.influence.n
             subset = {t: pairs[:n] for t, pairs in first.pairs_by_type.items()}
             result = influence(model, subset, first.example_ids[:n], updates=probing.influence.update_types,
-                               observes=list(subset), lr=probing.influence.lr, backend=self.backend,
+                               observes=list(subset), lr=probing.influence.lr, mode=probing.influence.mode,
+                               backend=self.backend,
                                pad_id=pad, max_tokens_per_batch=probing.max_tokens_per_batch)
             for obs in influence_observations(result, first.example_ids[:n], **where):
                 self.sink.emit(obs)
-        if probing.entk and _due(probing.entk.every, clock):
+            if probing.influence.predict:
+                self._prediction(model, subset, result, first.example_ids[:n], where)
+        if probing.entk and _due(probing.entk.every, clock, previous):
             from ldreg.dynamics.entk import entk_observation, sequence_entk
 
             n, rtype = probing.entk.n, probing.entk.response_type
-            result = sequence_entk(model, first.pairs_by_type[rtype][:n])
+            result = sequence_entk(model, first.pairs_by_type[rtype][:n], mode=probing.entk.mode,
+                                   max_params=probing.entk.max_params, projection_dim=probing.entk.projection_dim,
+                                   seed=self.spec.seed)
             self.sink.emit(entk_observation(result, first.example_ids[:n], response_type=rtype, **where))
+        if probing.ches and (_due(probing.ches.every, clock, previous) or clock.stage_index != self.ches_stage):
+            self.ches_stage = clock.stage_index  # CHES before every stage: DPO after SFT starts from the SFT model
+            from ldreg.dynamics.ches import ches, ches_observation
+
+            c = probing.ches
+            n = c.n or len(first.example_ids)
+            result = ches(model, first.pairs_by_type[c.chosen][:n], first.pairs_by_type[c.rejected][:n], pad_id=pad,
+                          max_tokens_per_batch=probing.max_tokens_per_batch)
+            self.sink.emit(ches_observation(result, first.example_ids[:n], chosen=c.chosen, rejected=c.rejected, **where))
 
 
-def _due(every: int, clock: Clock) -> bool:
-    """``every`` 0: once, before the first update; else on multiples of ``every`` examples seen."""
-    if every == 0:
-        return clock.step == 0
-    return clock.examples_seen % every == 0 or clock.step == 0
+    def _prediction(self, model: torch.nn.Module, subset: dict, measured, example_ids: list[int], where: dict) -> None:
+        """The first-order prediction of the influence just measured, with its residual (same subset, same eta)."""
+        from ldreg.dynamics.prediction import first_order_prediction, prediction_observations
+
+        probing = self.spec.probing
+        gram = dict(entk_mode=probing.entk.mode, max_params=probing.entk.max_params,
+                    projection_dim=probing.entk.projection_dim) if probing.entk else {}
+        predicted = first_order_prediction(model, subset, updates=probing.influence.update_types,
+                                           observes=list(subset), lr=probing.influence.lr,
+                                           mode=probing.influence.mode, seed=self.spec.seed, **gram)
+        for obs in prediction_observations(predicted, measured, example_ids, **where):
+            self.sink.emit(obs)
+
+    def _generations(self, model: torch.nn.Module, clock: Clock, previous: int | None) -> None:
+        """Degeneration probes on their own schedule: text written by the model, and how repetitive it is."""
+        g = self.spec.probing.generation
+        if not g or not _due(g.every, clock, previous):
+            return
+        from ldreg.dynamics.degeneration import generate_probes, generation_observations
+
+        first = next(iter(self.prepared.probe_sets.values()))
+        pairs = next(iter(first.pairs_by_type.values()))[:g.prompts]
+        ids = first.example_ids[:g.prompts]
+        prompts = [list(p.prompt_ids) for p in pairs]
+        seed = self.spec.seed if g.seed is None else g.seed
+        made = generate_probes(model, self.prepared.tokenizer, prompts, ids, max_new_tokens=g.max_new_tokens,
+                               greedy=g.greedy, samples=g.samples, seed=seed, step=clock.step,
+                               temperature=g.temperature)
+        texts = {i: self.prepared.tokenizer.decode(p, skip_special_tokens=True) for i, p in zip(ids, prompts)}
+        settings = {"max_new_tokens": g.max_new_tokens, "seed": seed, "temperature": g.temperature}
+        for obs in generation_observations(made, step=clock.step, examples_seen=clock.examples_seen, stage=clock.stage,
+                                           stage_index=clock.stage_index, probe_set=first.name, prompts=texts,
+                                           settings=settings):
+            self.sink.emit(obs)
+
+
+def _due(every: int, clock: Clock, previous: int | None) -> bool:
+    """Whether influence/eNTK are due at this probe pass; ``every`` counts examples seen, like
+    ``probing.every``. Always before the first update; with ``every`` 0 only then; else at the first
+    probe pass at or after each multiple of ``every``, i.e. when the clock crossed one since the
+    ``previous`` pass. The clock moves by whole batches and probes on its own schedule, so an exact
+    multiple may never be a probe point (batch 4, a probe each batch, ``every`` 6: at 0, 8, 12, 20, 24...).
+    """
+    if clock.step == 0:
+        return True
+    if every == 0 or previous is None:
+        return False
+    return clock.examples_seen // every > previous // every
 
 
 def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, progress: bool,
@@ -328,19 +424,29 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
                                    for t in spec.probing.all_types()}
     counting = CountingSink(sink)
     saved: dict[str, int] = {}  # the step of the last checkpoint written
-    observer = ProbeObserver(spec, prepared, counting, backend)
-    from ldreg.generation import ResponseSampler
+    observer = ProbeObserver(spec, prepared, counting, backend, on_alarm=lambda c: raise_alarm(ctx, c))
+    from ldreg.sampling import ResponseSampler
 
     trainer = Trainer(
         model=prepared.model, backend=backend, pad_id=prepared.tokenizer.pad_token_id,
         losses={s.loss: plugins.losses.get(s.loss) for s in spec.stages}, observer=observer,
         log_scalar=ctx.log_scalar, sink=counting, probe_every=spec.probing.every, seed=spec.seed,
-        progress=progress, generate_rejected=ResponseSampler(prepared.tokenizer, backend, spec.seed),
-        checkpoint_every=spec.checkpoint_every, checkpointer=lambda state: _checkpoint(ctx, counting, state, saved),
+        progress=progress, generate_rejected=ResponseSampler(prepared.tokenizer, spec.seed),
+        checkpoint_every=spec.checkpoint_every,
+        checkpointer=lambda state: _checkpoint(ctx, counting, {**state, "probed_at": observer.probed_at,
+                                                               "displacement": observer.displacement.state(),
+                                                               "alarms_fired": sorted(observer.alarms.fired)
+                                                               if observer.alarms else []}, saved),
         autocast_dtype=_dtype(spec.model.dtype, backend), reference_dtype=_dtype(spec.model.reference_dtype, backend),
     )
     if resume is not None:
         ctx.info.setdefault("resumed_at_steps", []).append(resume["clock"]["step"])
+        # where the last probe pass before the checkpoint was, so influence/eNTK stay on schedule
+        observer.probed_at = resume.get("probed_at", resume["clock"]["examples_seen"])
+        observer.displacement.restore(resume.get("displacement"), resume["stage_index"])
+        observer.ches_stage = resume["stage_index"]  # its start was scored before the checkpoint
+        if observer.alarms is not None:
+            observer.alarms.fired.update(tuple(f) for f in resume.get("alarms_fired", []))
     try:
         clock = trainer.run(spec.stages, prepared.train, resume=resume)
     finally:
@@ -356,6 +462,28 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
         return result  # the checkpoint is kept until every observation is in the database
     checkpoint.discard(ctx.run_id)
     return result
+
+
+def raise_alarm(ctx, crossing) -> None:
+    """An alarm fired: a warning in the run's output, the event in the run's info and in the store.
+
+    The event document is written at once (journaled); if the database is unreachable the warning
+    says so, and the event stays in the run's record (``ldreg runs show``) for Sacred to save.
+    """
+    import sys
+    from dataclasses import asdict
+
+    event = {**asdict(crossing), "message": crossing.message()}
+    print(f"warning: {event['message']}", file=sys.stderr, flush=True)
+    ctx.info.setdefault("alarms", []).append(event)
+    try:
+        from ldreg.store.events import record_event
+
+        record_event(ctx.run_id, event)
+    except Exception as exc:  # the run goes on; the loss is said, with where the event still is
+        print(f"warning: run {ctx.run_id}: alarm {crossing.alarm} not stored in the events collection "
+              f"({type(exc).__name__}); it is in the run's info.alarms (`ldreg runs show {ctx.run_id}`)",
+              file=sys.stderr, flush=True)
 
 
 def _checkpoint(ctx, counting: "CountingSink", state: dict, saved: dict[str, int]) -> None:
@@ -427,11 +555,28 @@ def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None,
     plugins = plugins or get_plugins()
     backend = resolve_backend(spec.backend, plugins.backends)
     url = mongo_url()
+    from ldreg.spec import spec_files
+
     run_id, result = run_tracked(
         spec.name, spec.to_config(), lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress),
-        url=url, tags=spec.tags, spec_path=spec_path,
+        url=url, tags=spec.tags, spec_path=spec_path, spec_files=spec_files(spec_path) if spec_path else (),
+        **plugin_record(plugins),
     )
     return RunResult(run_id, result or {})
+
+
+def plugin_record(plugins: Plugins) -> dict[str, Any]:
+    """What a run's Sacred record takes from its plugins: each plugin's top-level package (its loaded
+    modules are saved as sources) and each plugin distribution with its version (as dependencies)."""
+    import types
+
+    packages = set()
+    for plugin in plugins.manager.get_plugins():
+        module = plugin.__name__ if isinstance(plugin, types.ModuleType) else getattr(plugin, "__module__", "")
+        if module and module != "builtins":
+            packages.add(module.split(".")[0])
+    dependencies = {v["distribution"]: v["version"] for v in plugins.versions() if v["distribution"]}
+    return {"source_packages": sorted(packages), "dependencies": dependencies}
 
 
 def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | None = None) -> RunResult:
@@ -462,6 +607,6 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
     _, result = run_tracked(
         spec.name, spec.to_config(),
         lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress, resume=state),
-        url=mongo_url(), tags=spec.tags, overwrite=run_id,
+        url=mongo_url(), tags=spec.tags, overwrite=run_id, **plugin_record(plugins),
     )
     return RunResult(run_id, result or {})

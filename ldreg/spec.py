@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ldreg import yamlsafe
 from ldreg.errors import SpecError, preview
-from ldreg.schema import CHECK, from_dict, non_negative, positive, to_dict
+from ldreg.validation import CHECK, from_dict, non_negative, positive, to_dict
 
 if TYPE_CHECKING:
     from ldreg.registry import Plugins
@@ -54,7 +54,7 @@ class ModelSpec:
 @dataclass
 class DataSpec:
     """Preference data: a local file/directory or a hub id, read through ``datasets.load_dataset``,
-    or ``generated:NAME``, a data set ldreg builds from real text (``ldreg.data.fortune_prefs``)."""
+    or ``generated:NAME``, a data set ldreg builds from real text (``ldreg.paper.fortune_prefs``)."""
 
     source: str = ""
     format: Literal["auto", "hh", "ultrafeedback", "jsonl"] = "auto"
@@ -94,15 +94,75 @@ class InfluenceSpec:
     n: int = field(default=4, metadata=positive())
     lr: float = field(default=1e-3, metadata=positive())
     update_types: list[str] = field(default_factory=lambda: ["chosen", "rejected"])
+    # batch: one SGD step on all n examples together; per_example: one step per example, observed
+    # on that example only (update and observation share a prompt). Recorded in each observation.
+    mode: Literal["batch", "per_example"] = "batch"
+    # Also store the first-order prediction eta K G beside each measured change, and the residual
+    # (kind "prediction"; ldreg.dynamics.prediction). K is taken as probing.entk says (mode,
+    # max_params, projection_dim), or exact up to 1M parameters when probing.entk is not set.
+    predict: bool = False
+
+
+@dataclass
+class GenerationSpec:
+    """Degeneration probes (ldreg.dynamics.degeneration): continue the first ``prompts`` prompts of
+    the first probing set, greedily and/or ``samples`` times by seeded sampling, every ``every``
+    examples seen (0: only before training; always before the first update), and store each text
+    with its repeated-4-gram rate, distinct-1/2, mean token entropy and length."""
+
+    every: int = field(default=0, metadata=non_negative("must be >= 0 (0: only before training)"))
+    prompts: int = field(default=4, metadata=positive())
+    max_new_tokens: int = field(default=32, metadata=positive())
+    greedy: bool = True
+    samples: int = field(default=1, metadata=non_negative("must be >= 0 (sampled continuations per prompt)"))
+    seed: int | None = field(default=None, metadata=non_negative("must be >= 0 (null: the run's seed)"))
+    temperature: float = field(default=1.0, metadata=positive())
+
+    def validate(self, where: str) -> None:
+        if not self.greedy and not self.samples:
+            raise SpecError(f"{where}: generates nothing; set greedy: true or samples: 1 or more")
 
 
 @dataclass
 class EntkSpec:
-    """The exact eNTK Gram between probe examples (small models) or its last-layer form."""
+    """The exact eNTK Gram between probe examples (small models) or its last-layer form.
+
+    ``mode``: ``full`` differentiates every trainable parameter, ``last_layer`` only the output
+    layer, ``auto`` takes full up to ``max_params`` trainable parameters. ``projection_dim`` maps the
+    gradients through a random Gaussian projection seeded by the run's seed (the Gram is kept in
+    expectation; memory n x projection_dim instead of n x parameters). Each observation records
+    the mode used, e.g. ``full+projection``.
+    """
 
     every: int = field(default=0, metadata=non_negative("must be >= 0 (0: only before training)"))
     n: int = field(default=8, metadata=positive())
     response_type: str = "chosen"
+    mode: Literal["auto", "full", "last_layer"] = "auto"
+    max_params: int = field(default=1_000_000, metadata=positive())
+    projection_dim: int | None = field(default=None, metadata=positive("must be > 0 (null: no projection)"))
+
+
+@dataclass
+class ChesSpec:
+    """CHES of each preference pair (Razin et al.; ldreg.dynamics.ches) on the first probing set:
+    at the start of every stage, and every ``every`` examples seen if > 0."""
+
+    every: int = field(default=0, metadata=non_negative("must be >= 0 (0: only at each stage's start)"))
+    n: int | None = field(default=None, metadata=positive("must be > 0 (null: every example of the set)"))
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+@dataclass
+class AlarmSpec:
+    """Live warnings (ldreg.dynamics.displacement): each fires once per probing set, printed in the
+    run's output and stored as an event on the run. Needs the chosen and rejected response types."""
+
+    # the share of probe examples displaced (log pi(y+) fell while the margin rose) since the stage start
+    displacement_share: float | None = field(
+        default=None, metadata={CHECK: (lambda v: 0 < v <= 1, "must be a share in (0, 1], e.g. 0.5 (null: off)")})
+    # y+ and y- both fell while the argmax confidence rose, on the probing set's means
+    squeeze: bool = False
 
 
 @dataclass
@@ -113,15 +173,25 @@ class ProbingSpec:
     response_types: list[str] = field(default_factory=lambda: ["chosen", "rejected", "chosen_permuted"])
     sets: list[ProbeSetSpec] = field(default_factory=lambda: [ProbeSetSpec("train")])
     max_tokens_per_batch: int = field(default=8192, metadata=positive())
-    share_prompts: bool = True  # each prompt's forward once, reused by every response type
+    # Each prompt's forward once, its KV cache reused by every response type (same numbers, fewer
+    # tokens); examples whose prompt differs between types are probed type by type. Each probe
+    # observation records how many examples shared their prompt (meta.prompts_shared).
+    share_prompts: bool = True
+    # Settings for the response generators that build the probing sets (GenerationContext.options),
+    # e.g. {rephrase_model: ./my-rephraser, rephrase_sampling: sample}; each key must be one a
+    # probed type reads. Part of the probing-set cache key.
+    options: dict[str, bool | int | float | str] = field(default_factory=dict)
     # Which n examples of a split a probing set takes: a sample by this seed (None: the run's seed).
     sample_seed: int | None = field(default=None, metadata=non_negative())
     influence: InfluenceSpec | None = None
     entk: EntkSpec | None = None
+    generation: GenerationSpec | None = None
+    ches: ChesSpec | None = None
 
     def all_types(self) -> list[str]:
-        """Every response type a probing set must carry: observed, updated on, or in the eNTK."""
+        """Every response type a probing set must carry: observed, updated on, in the eNTK or in CHES."""
         extra = (self.influence.update_types if self.influence else []) + ([self.entk.response_type] if self.entk else [])
+        extra += [self.ches.chosen, self.ches.rejected] if self.ches else []
         return list(dict.fromkeys([*self.response_types, *extra]))
 
 
@@ -141,7 +211,7 @@ class StageSpec:
     batch_size: int = field(default=4, metadata=positive())
     warmup_steps: int = field(default=0, metadata=non_negative())
     max_grad_norm: float | None = field(default=10.0, metadata=positive())
-    params: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # typed by the loss: LossDefinition.check_params
     reference: str = "stage_start"
 
 
@@ -156,8 +226,12 @@ class ExperimentSpec:
     probing: ProbingSpec = field(default_factory=ProbingSpec)
     stages: list[StageSpec] = field(default_factory=list)
     checkpoint_every: int = field(default=50, metadata=non_negative("must be >= 0 (optimiser steps; 0: never)"))
+    alarms: AlarmSpec | None = None
 
     def validate(self, where: str) -> None:
+        if self.alarms is not None and not {"chosen", "rejected"} <= set(self.probing.response_types):
+            raise SpecError("alarms: displacement alarms compare y+ with y-; add chosen and rejected to "
+                            "probing.response_types")
         if not self.data.source:
             raise SpecError("data.source: required: a JSON-lines file, a data directory or a hub id")
         if not self.stages:
@@ -169,7 +243,17 @@ class ExperimentSpec:
             stage.name = stage.name or f"{i}-{stage.loss}"
 
     def to_config(self) -> dict[str, Any]:
-        return to_dict(self)
+        """The resolved spec as a run records it; ``model.tiny`` only when the base model is ``tiny``
+        (beside a real base model those settings are unused and would mislead a reader)."""
+        config = to_dict(self)
+        if self.model.base != "tiny":
+            config["model"].pop("tiny", None)
+        for absent in ("alarms",):  # unset: left out, so configs of runs before alarms existed still match
+            if config.get(absent) is None:
+                config.pop(absent, None)
+        if config["probing"].get("ches") is None:
+            config["probing"].pop("ches", None)
+        return config
 
 
 def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
@@ -187,6 +271,7 @@ def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
                 raise SpecError(f"stages[{i}].params.{preview(key, 40, quote=False)}: loss {stage.loss!r} has no such "
                                 f"hyper-parameter{closest(key[:100], defaults)}; it accepts: "
                                 f"{', '.join(sorted(defaults)) or 'none'}")
+        stage.params = loss.coerce(stage.params)  # 0.1 -> float, 1 -> true for a switch, "1e-5" -> 1e-05
         problems = loss.check_params(dict(stage.params)) if stage.params else []
         if problems:
             raise SpecError(f"stages[{i}].params.{problems[0]} (loss {stage.loss!r})")
@@ -194,9 +279,31 @@ def check_plugins(spec: ExperimentSpec, plugins: Plugins) -> None:
     for name in wanted:
         if name not in plugins.responses:
             raise SpecError(f"probing.response_types: {plugins.responses.missing(name)}")
+    check_generator_options(spec.probing, plugins)
     if spec.backend != "auto" and spec.backend not in plugins.backends:
         raise SpecError(f"backend: no backend {preview(spec.backend)}{closest(spec.backend[:100], plugins.backends.names())}; "
                         f"installed: auto, {', '.join(plugins.backends.names())}")
+
+
+def check_generator_options(probing: ProbingSpec, plugins: Plugins) -> None:
+    """``probing.options`` keys must be read by a probed type (each generator lists its keys in
+    ``options``), with values its ``check_options`` accepts. A generator that declares no
+    ``options`` may read any key, so then unknown keys pass."""
+    from ldreg.errors import closest
+
+    generators = [plugins.responses.get(t) for t in probing.all_types()]
+    declared = [getattr(g, "options", None) for g in generators]
+    if all(d is not None for d in declared):
+        known = sorted({key for d in declared for key in d})
+        for key in probing.options:
+            if key not in known:
+                raise SpecError(f"probing.options.{preview(key, 40, quote=False)}: no probed response type reads "
+                                f"this option{closest(key[:100], known)}; they read: {', '.join(known) or 'none'}")
+    for generator in generators:
+        check = getattr(generator, "check_options", None)
+        problems = check(dict(probing.options)) if check else []
+        if problems:
+            raise SpecError(f"probing.options.{problems[0]} (response type {generator.name!r})")
 
 
 # ---------------------------------------------------------------- reading files and overrides
@@ -212,8 +319,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The spec's mapping with every ``include:`` merged in (the including file wins)."""
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = (), files: list[Path] | None = None) -> dict[str, Any]:
+    """The spec's mapping with every ``include:`` merged in (the including file wins).
+
+    ``files``, if given, collects every file read (this one first, then its includes), so a run can
+    keep the spec exactly as the user wrote it.
+    """
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(p.name for p in (*_seen, path))
@@ -221,6 +332,8 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if len(_seen) >= MAX_INCLUDE_DEPTH:
         raise SpecError(f"{_seen[-1]}: include: more than {MAX_INCLUDE_DEPTH} files deep; flatten the chain")
     data = read_yaml(path)
+    if files is not None and path not in files:
+        files.append(path)
     include = data.pop("include", None)
     includes = [include] if isinstance(include, str) else include
     if includes is None:
@@ -234,15 +347,23 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
             what = "is a folder" if target.is_dir() else "no such file"
             raise SpecError(f"{path}: include: {preview(inc, quote=False)}: {what} (looked for {preview(str(target), 120, quote=False)}); "
                             f"include paths are relative to the including file")
-        merged = deep_merge(merged, load_raw(target, _seen + (path,)))
+        merged = deep_merge(merged, load_raw(target, _seen + (path,), files))
     data = deep_merge(merged, data)
     _resolve_paths(data, path.parent)
     return data
 
 
+def spec_files(path: str | Path) -> list[Path]:
+    """The files a spec is made of: ``path`` and, recursively, what it includes (each once, in reading order)."""
+    files: list[Path] = []
+    load_raw(path, files=files)
+    return files
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Relative local paths in a spec (``./x``, ``../x``) are relative to the spec file, not the
-    working directory: the data source, the model, each stage's reference and probing-set files."""
+    working directory: the data source, the model, each stage's reference, probing-set files and
+    the generator options that name paths."""
 
     def fix(holder: Any, key: str) -> None:
         value = holder.get(key) if isinstance(holder, dict) else None
@@ -257,6 +378,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     sets = probing.get("sets") if isinstance(probing, dict) else None
     for item in sets if isinstance(sets, list) else []:
         fix(item, "source")
+    options = probing.get("options") if isinstance(probing, dict) else None
+    for key in ("rephrase_model", "wordnet_dir", "fortunes_dir"):  # generator options that name paths
+        fix(options, key)
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -88,7 +88,8 @@ class Trainer:
     probe_every: int = 100
     seed: int = 0
     progress: bool = True
-    generate_rejected: Callable[[torch.nn.Module, Sequence[EncodedExample]], list[EncodedPair]] | None = None
+    # SPIN: (opponent, examples, global step) -> y_gen; seeded by the step, so a resume needs no sampler state
+    generate_rejected: Callable[[torch.nn.Module, Sequence[EncodedExample], int], list[EncodedPair]] | None = None
     checkpoint_every: int = 0
     checkpointer: Callable[[dict], None] | None = None
     autocast_dtype: torch.dtype | None = None  # mixed precision of the forward (bf16 on GPUs)
@@ -190,7 +191,8 @@ class Trainer:
             if loss_def.rejected_source == "generated":
                 if self.generate_rejected is None:
                     raise LdregError(f"loss {loss_def.name!r} needs generated responses, but no generator is set")
-                rejected = self.generate_rejected(reference if reference is not None else self.model, examples)
+                rejected = self.generate_rejected(reference if reference is not None else self.model, examples,
+                                                  self.clock.step)
             else:
                 rejected = [e.rejected for e in examples]
         pairs = chosen + (rejected or [])
@@ -204,8 +206,10 @@ class Trainer:
         if rejected is not None:
             inputs.rejected, inputs.rejected_tokens = logps[b:], counts[b:]
         if reference is not None:
-            # inference mode, logits at response positions only; the clone is an ordinary constant tensor
-            with torch.inference_mode(), self.backend.autocast(self.autocast_dtype):
+            # inference mode, logits at response positions only; the clone is an ordinary constant tensor.
+            # The reference computes in the precision it is held in (fp16 weights under bf16 autocast
+            # would mix dtypes in layer norm); without a reference dtype, in the policy's.
+            with torch.inference_mode(), self.backend.autocast(self.reference_dtype or self.autocast_dtype):
                 ref_logps, _ = model_sequence_logps(reference, batch)
             ref_logps = ref_logps.clone()
             inputs.ref_chosen = ref_logps[:b]

@@ -41,6 +41,30 @@ class FaultySFT:
         registry.add(LossDefinition(name="faulty_sft", compute=compute, description="SFT with injected faults"))
 
 
+
+class Crash(RuntimeError):
+    """A simulated crash: as far as the run can tell, its process died mid-step."""
+
+
+class CrashingSFT:
+    """SFT under the name ``crashy_sft`` that raises Crash on its ``crash_on``-th call (None: never),
+    so one plugin object gives both the crashed run and the undisturbed one it is compared with."""
+
+    def __init__(self, crash_on: int | None):
+        self.calls, self.crash_on = 0, crash_on
+
+    @hookimpl
+    def ldreg_register_losses(self, registry):
+        sft = load_plugins().losses.get("sft")
+
+        def compute(logps):
+            self.calls += 1
+            if self.calls == self.crash_on:
+                raise Crash(f"simulated crash at call {self.calls}")
+            return sft.compute(logps)
+
+        registry.add(LossDefinition(name="crashy_sft", compute=compute, description="SFT that crashes"))
+
 def kill_server(server) -> None:
     """SIGKILL the embedded server (no clean shutdown, as a crash or an OOM kill would)."""
     os.kill(server.status().pid, signal.SIGKILL)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ldreg.errors import SpecError
-from ldreg.sim import digits as dg
+from ldreg.paper.sim import digits as dg
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_bad_arguments_are_named():
 
 
 def test_digits_charts_render(result, tmp_path):
-    from ldreg.query.charts import simulation as charts
+    from ldreg.paper.sim import charts
 
     frame = charts.entk_frame(result.class_entk)
     assert len(frame) == 100 and frame.loc[(frame["observed class"] == 3) & (frame["updated class"] == 5),

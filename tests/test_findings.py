@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ldreg import findings as F
-from ldreg import findings_table
+from ldreg.paper import findings as F
+from ldreg.paper import findings_table
 from ldreg.cli import main
 from ldreg.observations import Observation
 from ldreg.store.sink import StoreSink
@@ -169,7 +169,7 @@ def test_findings_json_and_readme_come_from_the_same_data(sft_run, tmp_path):
 
 def test_findings_speak_the_response_types_own_labels():
     """Captions (from the findings) and panels (from the plugins' labels) use one vocabulary."""
-    from ldreg.findings import LABELS
+    from ldreg.paper.findings import LABELS
     from ldreg.registry import get_plugins
 
     responses = get_plugins().responses

@@ -1,4 +1,6 @@
-"""Every built-in loss: hand-computed values, TRL's documented formulas, metrics, errors, registration.
+"""ldreg's own losses: hand-computed values, TRL 1.16's formulas where TRL has them, metrics, errors, registration.
+
+The losses at TRL parity (TRL 1.16's DPO loss types, SimPO, CPO, ORPO, KTO, DPOP) are in test_loss_zoo.py.
 
 One shared batch of two pairs (summed log-probs) is used for the hand computations:
 
@@ -85,7 +87,7 @@ def test_ipo_sums_log_ratios_by_default():
 
 
 def test_ipo_per_token_mean_divides_by_token_counts():
-    out = IPO(pairs(), per_token_mean=1.0)
+    out = IPO(pairs(), per_token_mean=True)
     # r+/n+ = [1/2, 0/4] = [0.5, 0]; r-/n- = [-1/1, 1/2] = [-1, 0.5]; h = [1.5, -0.5]
     # (1.5 - 5)^2 = 12.25, (-0.5 - 5)^2 = 30.25; mean = 21.25
     assert out.loss.item() == pytest.approx(21.25)
@@ -120,13 +122,13 @@ def test_sppo_hard_labels_authors_code_form():
 def test_sppo_code_form_is_half_the_table_form():
     logps = pairs()
     r_plus, r_minus = logps.chosen - logps.ref_chosen, logps.rejected - logps.ref_rejected
-    table = ((r_plus - 5) ** 2 + (r_minus + 5) ** 2).mean()  # MATH.md §2: [32, 61] -> 46.5
+    table = ((r_plus - 5) ** 2 + (r_minus + 5) ** 2).mean()  # the table form (docs/math.md §4): [32, 61] -> 46.5
     assert table.item() == pytest.approx(46.5)
     assert SPPO(logps).loss.item() == pytest.approx(table.item() / 2)
 
 
 def test_sppo_soft_labels_from_the_data():
-    out = SPPO(pairs(chosen_prob=T(0.75, 0.5)), soft=1.0)
+    out = SPPO(pairs(chosen_prob=T(0.75, 0.5)), soft=True)
     # pair 1: P_w = .75 -> targets (.75-.5)/.1 = 2.5 and (.25-.5)/.1 = -2.5:
     #         1/2 [(1 - 2.5)^2 + (-1 + 2.5)^2] = 1/2 (2.25 + 2.25) = 2.25
     # pair 2: P_w = .5 -> both targets 0: 1/2 [0^2 + 1^2] = 0.5;  mean = 1.375
@@ -134,7 +136,9 @@ def test_sppo_soft_labels_from_the_data():
     # hard labels ignore the data's probabilities
     assert SPPO(pairs(chosen_prob=T(0.75, 0.5))).loss.item() == pytest.approx(23.25)
     # soft labels of exactly 1 reproduce the hard loss
-    assert SPPO(pairs(chosen_prob=T(1.0, 1.0)), soft=1.0).loss.item() == pytest.approx(23.25)
+    assert SPPO(pairs(chosen_prob=T(1.0, 1.0)), soft=True).loss.item() == pytest.approx(23.25)
+    # a spec written before parameters had types (soft: 1.0) still means true
+    assert SPPO(pairs(chosen_prob=T(0.75, 0.5)), soft=1.0).loss.item() == pytest.approx(1.375)
 
 
 def test_spin_is_dpo_against_the_opponent():
@@ -165,16 +169,23 @@ def trl_logits(pc, pr, rc, rr):
 
 
 @pytest.mark.parametrize("beta,eps", [(0.1, 0.0), (0.5, 0.1), (2.0, 0.3)])
-def test_dpo_matches_trl_sigmoid(random_pairs, beta, eps):
+def test_dpo_is_trl_sigmoid_at_eps_0_and_conservative_dpo_above(random_pairs, beta, eps):
+    """TRL 1.16's sigmoid is -log sigma(beta h) and ignores label_smoothing; ldreg's dpo with eps > 0 is
+    cDPO (Mitchell 2023), -(1-eps) log sigma(beta h) - eps log sigma(-beta h), which older TRL called
+    sigmoid. TRL 1.16's robust is another formula (test_loss_zoo.py)."""
     p = random_pairs
     logits = trl_logits(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected)
-    trl = (-F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps).mean()
+    cdpo = (-F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps).mean()
+    trl_sigmoid = (-F.logsigmoid(beta * logits)).mean()
     out = DPO(p, beta=beta, label_smoothing=eps)
-    torch.testing.assert_close(out.loss, trl, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out.loss, cdpo, rtol=0, atol=1e-12)
+    assert torch.isclose(out.loss, trl_sigmoid, rtol=0, atol=1e-12) == (eps == 0)
     chosen_rewards = beta * (p.chosen - p.ref_chosen)
     rejected_rewards = beta * (p.rejected - p.ref_rejected)
-    assert out.metrics["rewards/chosen"] == pytest.approx(chosen_rewards.mean().item())
-    assert out.metrics["rewards/margins"] == pytest.approx((chosen_rewards - rejected_rewards).mean().item())
+    # logged in float64: equal to the loss's own rewards to the last digit
+    assert out.metrics["rewards/chosen"] == chosen_rewards.mean().item()
+    assert out.metrics["rewards/margins"] == pytest.approx((chosen_rewards - rejected_rewards).mean().item(),
+                                                           rel=1e-15)
     assert out.metrics["rewards/accuracies"] == pytest.approx(
         (chosen_rewards > rejected_rewards).double().mean().item())
 
@@ -185,7 +196,7 @@ def test_ipo_per_token_mean_matches_trl_ipo(random_pairs):
     pc, pr = p.chosen / p.chosen_tokens, p.rejected / p.rejected_tokens
     rc, rr = p.ref_chosen / p.chosen_tokens, p.ref_rejected / p.rejected_tokens
     trl = ((trl_logits(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean()
-    torch.testing.assert_close(IPO(p, beta=beta, per_token_mean=1.0).loss, trl, rtol=1e-12, atol=0)
+    torch.testing.assert_close(IPO(p, beta=beta, per_token_mean=True).loss, trl, rtol=1e-12, atol=0)
     summed = ((trl_logits(p.chosen, p.rejected, p.ref_chosen, p.ref_rejected) - 1 / (2 * beta)) ** 2).mean()
     torch.testing.assert_close(IPO(p, beta=beta).loss, summed, rtol=1e-12, atol=0)
 
@@ -237,21 +248,21 @@ def test_pair_losses_name_the_missing_rejected(loss):
 
 def test_ipo_per_token_mean_needs_token_counts():
     with pytest.raises(SpecError, match="rejected_tokens"):
-        IPO(pairs(rejected_tokens=None), per_token_mean=1.0)
+        IPO(pairs(rejected_tokens=None), per_token_mean=True)
 
 
 def test_sppo_soft_labels_asked_for_and_missing():
-    with pytest.raises(SpecError, match=r"soft: 1.0 needs a win probability.*set soft: 0.0"):
-        SPPO(pairs(), soft=1.0)
+    with pytest.raises(SpecError, match=r"soft: true needs a win probability.*set soft: false"):
+        SPPO(pairs(), soft=True)
     with pytest.raises(SpecError, match=r"\[0, 1\]"):
-        SPPO(pairs(chosen_prob=T(1.5, 0.2)), soft=1.0)
+        SPPO(pairs(chosen_prob=T(1.5, 0.2)), soft=True)
 
 
 @pytest.mark.parametrize("loss,hparams,message", [
     (DPO, {"beta": 0.0}, "beta must be > 0"),
     (DPO, {"label_smoothing": 0.7}, r"label_smoothing must lie in \[0.0, 0.5\]"),
-    (IPO, {"per_token_mean": 0.5}, "per_token_mean is 1.0 .on. or 0.0 .off."),
-    (SPPO, {"soft": 2.0}, "soft is 1.0"),
+    (IPO, {"per_token_mean": 0.5}, "option per_token_mean is true or false, got 0.5"),
+    (SPPO, {"soft": 2.0}, "option soft is true or false"),
     (SLIC, {"delta": -1.0}, "delta must lie in"),
     (SPIN, {"beta": -0.1}, "loss 'spin': beta must be > 0"),
 ])
@@ -270,13 +281,20 @@ def test_unknown_hyper_parameter_lists_the_accepted_ones():
 
 def test_all_losses_register_through_the_entry_point():
     losses = load_plugins().losses
-    assert losses.names() == ["dpo", "extend_sft", "ipo", "sft", "slic", "spin", "sppo"]
+    trl_names = ["aot", "aot_unpaired", "apo_down", "apo_zero", "bco_pair", "discopop", "exo_pair", "hinge",
+                 "nca_pair", "robust", "sigmoid_norm"]
+    assert losses.names() == sorted(["dpo", "extend_sft", "ipo", "sft", "slic", "spin", "sppo", "dpop", "simpo",
+                                     "cpo", "orpo", "kto", "trl_dpo", *trl_names])
     assert all(r.plugin == "ldreg.losses" for r in losses.registrations())
     needs = {name: (losses.get(name).needs_rejected, losses.get(name).needs_reference)
              for name in losses.names()}
     assert needs == {"sft": (False, False), "extend_sft": (True, False), "dpo": (True, True),
                      "ipo": (True, True), "slic": (True, False), "sppo": (True, True),
-                     "spin": (True, True)}
+                     "spin": (True, True), "dpop": (True, True), "simpo": (True, False), "cpo": (True, False),
+                     "orpo": (True, False), "kto": (True, True), "trl_dpo": (True, True),
+                     **{name: (True, True) for name in trl_names}}
     assert losses.get("spin").rejected_source == "generated"
     assert {n: losses.get(n).defaults.get("beta") for n in ("dpo", "ipo", "sppo", "spin")} == \
         {"dpo": 0.1, "ipo": 0.1, "sppo": 0.1, "spin": 0.1}
+    # switches are booleans now, with the same (off) defaults as when they were 0.0
+    assert losses.get("ipo").defaults["per_token_mean"] is False and losses.get("sppo").defaults["soft"] is False

@@ -25,12 +25,12 @@ def test_server_killed_mid_run_loses_nothing(tmp_path, monkeypatch):
     info = server.start()
     monkeypatch.setenv("LDREG_MONGO_URL", info.url)
     monkeypatch.setenv("LDREG_DB", "outage")
-    monkeypatch.setenv("LDREG_HEARTBEAT_S", "0.5")
+    monkeypatch.setenv("LDREG_HEARTBEAT_S", "0.3")
     overrides = ["stages.0.loss=faulty_sft", "stages.0.epochs=2", "probing.every=4", "checkpoint_every=0"]
 
     def outage():
         kill_server(server)
-        time.sleep(2.0)  # four heartbeats: metrics logged meanwhile must wait, not vanish
+        time.sleep(1.0)  # > 3 heartbeats: metrics logged meanwhile must wait, not vanish
 
     try:
         calm = load_plugins([FaultySFT()])

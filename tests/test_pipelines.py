@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ldreg import pretrain
+from ldreg.paper import pretrain
 from ldreg.backends import resolve_backend
-from ldreg.data import fortune_prefs
+from ldreg.paper import fortune_prefs
 from ldreg.data.adapters import load_preferences
 from ldreg.errors import SpecError
 from ldreg.observations import ListSink

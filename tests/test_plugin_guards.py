@@ -21,7 +21,7 @@ from ldreg import spec as specs
 from ldreg.errors import LdregError, PluginError
 from ldreg.hookspecs import hookimpl
 from ldreg.losses import LossDefinition, LossOutput, NonFiniteLoss, SequenceLogps, checked_call
-from ldreg.registry import PluginWarning, is_builtin, load_plugins, select
+from ldreg.registry import PluginWarning, ResponseRegistry, is_builtin, load_plugins, select
 from ldreg.responses import PreferenceExample, ResponseGenerator, code_fingerprint
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
@@ -271,7 +271,7 @@ def test_builtin_generators_are_keyed_by_distribution_and_version():
 @pytest.mark.parametrize("loss,params,message", [
     ("dpo", {"beta": -1}, "beta: must be > 0 (got -1)"),
     ("dpo", {"label_smoothing": 0.7}, "label_smoothing: must lie in [0, 0.5] (got 0.7)"),
-    ("ipo", {"per_token_mean": 0.5}, "per_token_mean: must be one of 0, 1 (got 0.5)"),
+    ("ipo", {"per_token_mean": 0.5}, "per_token_mean: must be true or false (got 0.5)"),
     ("sppo", {"beta": 0}, "beta: must be > 0 (got 0)"),
     ("slic", {"lam": -0.1}, "lam: must be >= 0 (got -0.1)"),
     ("spin", {"beta": float("inf")}, "beta: must be a finite number (got inf)"),
@@ -285,7 +285,7 @@ def test_check_params_uses_declared_constraints(loss, params, message):
 
 def test_every_builtin_loss_constrains_every_parameter_and_its_defaults_pass():
     for r in load_plugins().losses.registrations():
-        assert set(r.item.constraints) == set(r.item.defaults), r.name
+        assert set(r.item.constraints) == {k for k, v in r.item.defaults.items() if not isinstance(v, bool)}, r.name
         assert r.item.check_params(dict(r.item.defaults)) == [], r.name
 
 
@@ -318,3 +318,30 @@ def test_versions_name_every_loaded_plugin():
     versions = load_plugins([_loss_plugin(lambda lp: LossOutput(-lp.chosen.mean()))]).versions()
     assert {"plugin": "ldreg.losses", "distribution": "ldreg", "version": importlib.metadata.version("ldreg")} in versions
     assert {"plugin": "Mine", "distribution": "", "version": ""} in versions
+
+
+def test_provenance_is_part_of_the_generator_contract():
+    """Every generator has provenance() (the ABC's default records nothing extra); an override's keys
+    land in the probing set's metadata."""
+    from ldreg.data.probing import build_probing_set
+    from ldreg.responses import GenerationContext
+
+    class Plain(ResponseGenerator):
+        name = "plain"
+
+        def generate(self, example, ctx):
+            return example.chosen
+
+    class Sourced(Plain):
+        name = "sourced"
+
+        def provenance(self, ctx):
+            return {"corpus": f"seed {ctx.seed}"}
+
+    assert Plain().provenance(GenerationContext()) == {}
+    registry = ResponseRegistry()
+    registry.add(Plain())
+    registry.add(Sourced())
+    built = build_probing_set(EXAMPLES, ["plain", "sourced"], GenerationContext(seed=3), registry)
+    assert "corpus" not in built.metadata["generators"]["plain"]
+    assert built.metadata["generators"]["sourced"]["corpus"] == "seed 3"

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ldreg import pretrain
+from ldreg.paper import pretrain
 from ldreg.errors import SpecError
 from ldreg.models import load_model, load_tokenizer
 

@@ -14,7 +14,7 @@ import pytest
 
 from ldreg.errors import SpecError
 from ldreg.observations import Observation
-from ldreg.query.observations import curves_frame
+from ldreg.query.frame import curves_frame
 from ldreg.query.pipeline import Aggregation, Pick
 from ldreg.query.select import select_runs
 from ldreg.query.spec import parse

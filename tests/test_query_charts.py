@@ -12,7 +12,7 @@ import pytest
 
 from ldreg.observations import ListSink, Observation
 from ldreg.query.charts.common import PAGE_MARGIN, PAGE_WIDTH
-from ldreg.query.run import build
+from ldreg.query.execute import build
 from ldreg.query.spec import load
 from ldreg.registry import get_plugins
 from ldreg.store.documents import bucket_from_observation
@@ -159,7 +159,7 @@ def test_the_query_layer_names_types_without_importing_training():
     import subprocess
     import sys
 
-    code = ("import sys, ldreg.query.run, ldreg.query.compare, ldreg.query.names; "
+    code = ("import sys, ldreg.query.execute, ldreg.query.compare, ldreg.query.names; "
             "print(sorted(m for m in ('torch', 'ldreg_plugins', 'ldreg.runner', 'ldreg.registry') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

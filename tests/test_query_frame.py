@@ -9,7 +9,7 @@ import pytest
 from test_query_data import CHOSEN, populate
 
 from ldreg.query.errors import QueryError
-from ldreg.query.observations import curves_frame
+from ldreg.query.frame import curves_frame
 from ldreg.query.pipeline import Aggregation, Pick
 from ldreg.query.select import select_runs
 

@@ -11,7 +11,7 @@ from test_query_data import populate_all
 from ldreg.query.compare import compare_runs
 from ldreg.query.errors import QueryError
 from ldreg.query.outputs import FORMATS, assert_offline
-from ldreg.query.run import run_query
+from ldreg.query.execute import run_query
 from ldreg.query.select import select_runs
 
 

@@ -29,7 +29,7 @@ def test_probe_sample_varies_with_the_seed():
 
 
 def test_a_pretrained_base_per_seed_is_a_named_preset():
-    from ldreg.pretrain import PRESETS, preset
+    from ldreg.paper.pretrain import PRESETS, preset
 
     assert preset("fortunes-micro-seed3").seed == 3
     assert preset("fortunes-micro-seed3").steps == PRESETS["fortunes-micro"].steps

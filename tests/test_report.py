@@ -5,8 +5,8 @@ import pandas as pd
 
 from types import SimpleNamespace
 
-from ldreg.findings import Finding
-from ldreg.report import Report, change_table, influence_caption, verdict_line, verdicts
+from ldreg.paper.findings import Finding
+from ldreg.paper.report import Report, change_table, influence_caption, verdict_line, verdicts
 
 
 def test_report_is_offline_and_captioned(tmp_path):

@@ -1,4 +1,4 @@
-"""G = dL/dz by autograd against MATH.md §2's closed forms, per token, in float64.
+"""G = dL/dz by autograd against docs/math.md §4's closed forms, per token, in float64.
 
 Derivation (the scaling and signs every assertion below relies on). For one example, the summed
 response log-prob is lp = sum_t log softmax(z_t)[y_t], so d lp / d z_t = e_{y_t} - pi_t at each

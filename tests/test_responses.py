@@ -202,7 +202,7 @@ def test_initial_is_seeded_and_leaves_the_global_rng_alone(tiny, examples):
 
 
 def test_generation_budget_is_in_tokens(tiny, examples):
-    from ldreg.data.generation import GREEDY, generate_continuation
+    from ldreg.sampling import GREEDY, generate_continuation
 
     model, tok = tiny
     short = generate_continuation(model, tok, examples[0].prompt, 3, seed=0, sampling=GREEDY)

@@ -5,35 +5,12 @@ from pathlib import Path
 import pytest
 
 from ldreg import spec as specs
-from ldreg.hookspecs import hookimpl
-from ldreg.losses import LossDefinition
 from ldreg.registry import load_plugins
 from ldreg.runner import resume_experiment, run_experiment
 
+from faultkit import CrashingSFT
+
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
-
-
-class Boom(RuntimeError):
-    pass
-
-
-class CrashingSFT:
-    """A test plugin: SFT that raises on its Nth call while armed."""
-
-    def __init__(self, crash_on: int | None):
-        self.calls, self.crash_on = 0, crash_on
-
-    @hookimpl
-    def ldreg_register_losses(self, registry):
-        sft = load_plugins().losses.get("sft")
-
-        def compute(logps):
-            self.calls += 1
-            if self.calls == self.crash_on:
-                raise Boom(f"simulated crash at call {self.calls}")
-            return sft.compute(logps)
-
-        registry.add(LossDefinition(name="crashy_sft", compute=compute, description="SFT that crashes"))
 
 
 def _spec(plugins):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ldreg.sim.tracked import run_digits, run_squeeze, squeeze_claims
+from ldreg.paper.sim.tracked import run_digits, run_squeeze, squeeze_claims
 
 
 def test_claims_summary_over_seeds():
@@ -22,6 +22,10 @@ def test_squeeze_and_digits_runs_are_stored(mongo_server, mongo_client, monkeypa
     assert db.runs.find_one({"_id": run_id})["status"] == "COMPLETED"
     assert result["seeds"] == 5 and len(cases) == 6
     assert db.observations.count_documents({"run_id": run_id, "kind": "squeeze"}) == 2 * len(cases)
-    run_id, result, digits = run_digits(mongo_server.url, seed=0)
-    assert db.runs.find_one({"_id": run_id})["result"]["test_accuracy"] > 0.85
+    # 6 epochs, not the demo's 12: storage is what is tested here (measured accuracy 0.916 at 6, 0.933 at 12;
+    # test_digits checks the 12-epoch figure)
+    run_id, result, digits = run_digits(mongo_server.url, seed=0, epochs=6)
+    stored = db.runs.find_one({"_id": run_id})
+    assert stored["config"]["epochs"] == 6
+    assert stored["result"]["test_accuracy"] == round(digits.test_accuracy, 4) > 0.85
     assert db.observations.count_documents({"run_id": run_id, "kind": "digits"}) == 4

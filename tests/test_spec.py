@@ -84,8 +84,23 @@ def test_bad_files_get_one_line(tmp_path):
 
 
 def test_shipped_experiment_specs_are_valid(plugins):
-    for path in sorted((REPO / "experiments").glob("[!_]*.yaml")):  # _*.yaml are bases, only included
-        specs.load(path, plugins=plugins)
+    """Each shipped spec loads to what its file (with its includes) says, and survives the trip through
+    the run's stored config that ``--resume`` makes."""
+    import json
+
+    shipped = sorted((REPO / "experiments").glob("[!_]*.yaml"))  # _*.yaml are bases, only included
+    assert len(shipped) >= 10
+    for path in shipped:
+        spec = specs.load(path, plugins=plugins)
+        assert spec.name == path.stem, path.name  # every shipped spec is named for its file
+        assert spec.stages and all(s.loss in plugins.losses.names() for s in spec.stages), path.name
+        assert set(spec.probing.all_types()) <= set(plugins.responses.names()), path.name
+        assert specs.parse(json.loads(json.dumps(spec.to_config())), plugins) == spec, path.name
+    smoke = specs.load(REPO / "experiments" / "smoke.yaml", plugins=plugins)
+    assert (smoke.seed, smoke.model.base, smoke.probing.every) == (0, "tiny", 8)
+    assert [s.loss for s in smoke.stages] == ["sft"]
+    assert smoke.data.source == str(REPO / "experiments" / "data" / "smoke.jsonl")  # relative to the spec's folder
+    assert (smoke.stages[0].epochs, smoke.stages[0].lr, smoke.stages[0].batch_size) == (2, 1.0e-3, 4)
 
 
 # --- hostile YAML (the CLI-level corpus is tests/test_bad_input.py) -------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ldreg.errors import SpecError
-from ldreg.sim import squeeze as sq
+from ldreg.paper.sim import squeeze as sq
 
 SEEDS = range(200)
 
@@ -169,7 +169,7 @@ def test_unknown_names_get_clear_errors():
 
 
 def test_squeeze_charts_render_offline(tmp_path):
-    from ldreg.query.charts import simulation as charts
+    from ldreg.paper.sim import charts
 
     frame = charts.squeeze_frame(sq.run_case("peak_negative"))
     assert set(frame["role"]) == {"pushed down", "argmax", "other"}

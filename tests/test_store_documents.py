@@ -43,6 +43,7 @@ def test_raw_document_is_what_mongoengine_would_write():
         id=raw["_id"], run_id=7, kind="probe", stage="sft", stage_index=0, step=10, examples_seen=40,
         probe_set="train", response_type="chosen", example_ids=[3, 5, 8], values=raw["values"],
         info={"seq_len": 12}, created=raw["created"],
+        summary={"logp_sum": {"n": 3, "mean": -2.25, "std": 0.75, "median": -2.25}},  # worked by hand
     )
     assert declared.to_mongo().to_dict() == raw
 

@@ -171,7 +171,7 @@ def build_probing_set(examples: Sequence[PreferenceExample], response_types: Seq
         "pools": {"train": len(ctx.train_pool), "test": len(ctx.test_pool)},
         "generators": {kind: {"plugin": plugin_of.get(kind, ""), "description": gen.description,
                               **{k: identity[kind][k] for k in ("distribution", "version", "code") if kind in identity},
-                              **(gen.provenance(ctx) if hasattr(gen, "provenance") else {})}
+                              **gen.provenance(ctx)}
                        for kind, gen in generators.items()},
     }
     return ProbingSet(name, list(examples), responses, metadata)

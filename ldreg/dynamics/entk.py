@@ -1,4 +1,4 @@
-"""The exact empirical NTK between examples, from per-example gradients (MATH.md §1, §4).
+"""The exact empirical NTK between examples, from per-example gradients (docs/math.md §2, §3).
 
 K(chi_o, chi_u) of Proposition 1 is V x V per pair of tokens: (dz_o/dtheta)(dz_u/dtheta)^T. For a
 language model that is infeasible, so the Gram here is between SCALARS per example: for a
@@ -7,13 +7,19 @@ sequence, s(chi) = log pi(y|x) (the summed response log-prob), and
     K_ij = <d s(chi_i)/d theta, d s(chi_j)/d theta>
 
 which is the full K contracted with the A and e_y terms on both sides (the quantity that
-actually moves log pi in Proposition 1). The core (``per_example_grads`` of any scalar per
-example, ``gram``) is generic: the digits classifier passes its cross-entropy or logit.
+actually moves log pi in Proposition 1). The core is generic: ``per_example_grads`` and ``gram``
+for one scalar per example, ``per_example_jacobians`` and ``block_gram`` for a vector of outputs
+(the digits classifier passes its 10 logits and gets the V x V kernel per pair).
+
+How: ``sequence_entk`` takes one autograd backward per example (``method="loop"``: any model,
+any sequence lengths); for examples of one shape ``per_example_grads`` can vmap ``torch.func.grad``
+instead, and ``per_example_jacobians`` always vmaps ``torch.func.jacrev``.
 
 Size: the full gradient is exact but costs n x P memory; above ``max_params`` trainable
 parameters only the output layer's gradient is used (``mode="last_layer"``), optionally reduced
 further by a seeded Gaussian random projection (Johnson-Lindenstrauss: the Gram is preserved in
-expectation).
+expectation). A spec reaches each of these through ``probing.entk`` (``mode``, ``max_params``,
+``projection_dim``; the projection is seeded by the run's seed).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 from ldreg.dynamics.logprobs import EncodedPair, collate, sequence_logps
 from ldreg.observations import Observation
@@ -83,7 +89,18 @@ def per_example_grads(model: torch.nn.Module, loss_fn: ScalarFn, inputs: Sequenc
     return _loop_grads(model, loss_fn, inputs, names)
 
 
-def _vmap_grads(model, loss_fn: ScalarFn, inputs, names: list[str]) -> Tensor:
+def per_example_jacobians(model: torch.nn.Module, output_fn: ScalarFn, inputs: Sequence[tuple[Tensor, ...]], *,
+                          param_names: Sequence[str] | None = None) -> Tensor:
+    """Jacobians [n, K, P] of K outputs per example (e.g. a classifier's logits), for the V x V eNTK.
+
+    ``output_fn(forward, *sample)`` returns a vector [K]; examples must share shapes (vmap over
+    jacrev). The dtype is the model's, at least fp32 (a float64 model gives float64 Jacobians).
+    """
+    names = list(param_names) if param_names is not None else parameter_names(model, "full")
+    return _vmap_grads(model, output_fn, inputs, names, transform=jacrev)
+
+
+def _vmap_grads(model, loss_fn: ScalarFn, inputs, names: list[str], transform=grad) -> Tensor:
     params = dict(model.named_parameters())
     trainable = {n: params[n].detach() for n in names}
     frozen = {n: p.detach() for n, p in params.items() if n not in trainable}
@@ -96,8 +113,15 @@ def _vmap_grads(model, loss_fn: ScalarFn, inputs, names: list[str]) -> Tensor:
         return loss_fn(forward, *(t.unsqueeze(0) for t in sample))
 
     stacked = [torch.stack([ex[k] for ex in inputs]) for k in range(len(inputs[0]))]
-    grads = vmap(grad(scalar), in_dims=(None, *([0] * len(stacked))))(trainable, *stacked)
-    return torch.cat([grads[n].reshape(len(inputs), -1).float() for n in names], dim=1)
+    grads = vmap(transform(scalar), in_dims=(None, *([0] * len(stacked))))(trainable, *stacked)
+    if transform is grad:
+        return torch.cat([grads[n].reshape(len(inputs), -1).float() for n in names], dim=1)
+    outputs = grads[names[0]].shape[1]  # jacrev: [n, K, *parameter shape]
+    return torch.cat([_at_least_fp32(grads[n].reshape(len(inputs), outputs, -1)) for n in names], dim=2)
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _loop_grads(model, loss_fn: ScalarFn, inputs, names: list[str]) -> Tensor:
@@ -123,6 +147,11 @@ def gram(grads: Tensor) -> Tensor:
     """K = grads grads^T in float64: symmetric, PSD up to rounding."""
     g = grads.double()
     return g @ g.T
+
+
+def block_gram(jacobians: Tensor) -> Tensor:
+    """K[i, j] = J_i J_j^T for Jacobians [n, K, P]: the eNTK as [n, n, K, K] (``gram`` is K = 1)."""
+    return torch.einsum("iap,jbp->ijab", jacobians, jacobians)
 
 
 def random_projection(grads: Tensor, dim: int, seed: int = 0, chunk: int = 1 << 16) -> Tensor:

@@ -1,4 +1,4 @@
-"""The one-step influence matrix (MATH.md §1, §4; the paper's Appendix C.2 and Figure 3).
+"""The one-step influence matrix (docs/math.md §2, §6; the paper's Appendix C.2 and Figure 3).
 
 From the current model, for each update type u take ONE plain SGD step of learning rate eta on a
 small subset, measure Delta log pi(y_o) = log pi_after(y_o|x) - log pi_before(y_o|x) for every
@@ -12,14 +12,16 @@ example:
 ||A_o|| is the probe's ``a_norm`` of the observed response before the step (mean over its tokens
 of ||A||_F); ||G_u|| is the mean over the updating tokens of ||dL/dz||, taken by autograd from the
 very step that was applied, per example (the batch-mean gradient times B). Because Delta is the
-change of a scalar, its norm is its absolute value. LBK is not divided by eta (as in MATH.md);
+change of a scalar, its norm is its absolute value. LBK is not divided by eta (docs/math.md §6);
 eta is stored with every observation.
 
 An update is SFT on a response type (``Update.sft("chosen")``, G = pi - e_y) or any registered
 loss on a (y+, y-) pair of types; a loss that needs a reference model gets the current model's
-log-probs before the step (pi_ref = pi, as at the start of DPO) unless the caller passes some.
+log-probs before the step (pi_ref = pi, as at the start of DPO).
 ``mode="batch"`` takes one step on the whole subset; ``mode="per_example"`` one step per example,
-observed on that example only (the cleanest reading of chi_u and chi_o sharing a prompt).
+observed on that example only (the cleanest reading of chi_u and chi_o sharing a prompt). A spec
+chooses it with ``probing.influence.mode``; the runner's updates are SFT on the response types
+named in ``probing.influence.update_types``.
 """
 
 from __future__ import annotations

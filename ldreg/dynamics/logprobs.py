@@ -1,7 +1,7 @@
 """Teacher-forced response log-probabilities: the one quantity every loss and probe is built on.
 
 A sequence is chi = [x; y]; only the response tokens y count (prompt masked out), and
-"log pi(y|x)" is the SUM of their log-probabilities (MATH.md's convention). Batches are
+"log pi(y|x)" is the SUM of their log-probabilities (docs/math.md §1's convention). Batches are
 right-padded; ``labels`` holds -100 wherever a position is not a response token.
 """
 

@@ -1,4 +1,4 @@
-"""The probe pass: what the paper measures on a fixed probing set every N updates (MATH.md §4).
+"""The probe pass: what the paper measures on a fixed probing set every N updates (docs/math.md §5).
 
 For each response type and example, under teacher forcing, per example:
 
@@ -18,7 +18,8 @@ For each response type and example, under teacher forcing, per example:
 Speed: sequences are bucketed by length (``batching.length_buckets``), logits are only projected
 at the response positions where the model supports ``logits_to_keep`` (prompts are long in HH), and
 the fp32 log-softmax runs over chunks of rows so that a [B, T, V] fp32 tensor is never built.
-``share_prompts`` computes each prompt once and reuses its KV cache for every response type.
+``share_prompts`` (the spec's ``probing.share_prompts``) computes each prompt once and reuses its
+KV cache for every response type.
 """
 
 from __future__ import annotations
@@ -199,9 +200,11 @@ def _probe_each_type(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], 
             for rtype, pairs in pairs_by_type.items()}
 
 
-def _probe_sharing(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
-                   max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
-    """Shared prompts for the examples whose prompt is the same in every type; the rest type by type."""
+def prompt_sharing(pairs_by_type: Mapping[str, Sequence[EncodedPair]]) -> list[bool]:
+    """Per example: can its prompt be run once for every type (the same non-empty prompt in all)?
+
+    The one place this is decided; the runner records the count with each probe observation.
+    """
     types = list(pairs_by_type)
     n = len(pairs_by_type[types[0]]) if types else 0
 
@@ -209,7 +212,15 @@ def _probe_sharing(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], wh
         prompt = pairs_by_type[types[0]][i].prompt_ids
         return bool(prompt) and all(pairs_by_type[t][i].prompt_ids == prompt for t in types)
 
-    sharing = [same_prompt(i) for i in range(n)]
+    return [same_prompt(i) for i in range(n)]
+
+
+def _probe_sharing(model, pairs_by_type: Mapping[str, Sequence[EncodedPair]], where: ForwardPlacement,
+                   max_tokens: int, pad_id: int, chunk_elements: int) -> dict[str, dict[str, np.ndarray]]:
+    """Shared prompts for the examples whose prompt is the same in every type; the rest type by type."""
+    types = list(pairs_by_type)
+    sharing = prompt_sharing(pairs_by_type)
+    n = len(sharing)
     if all(sharing):
         return _probe_shared(model, pairs_by_type, where, max_tokens, pad_id, chunk_elements)
     shared = [i for i in range(n) if sharing[i]]

@@ -11,7 +11,7 @@ per-example terms l_i, and example i's logits enter only l_i, so dL/dz_i = (1/B)
 The summaries are reported per example (multiplied by B) unless ``per_example=False``.
 For ``extend_sft`` (a mean over 2B sequences) the per-example G is therefore (pi - e_y)/2.
 
-The closed forms of MATH.md §2 for SFT, DPO and IPO are here too, for tests and docs; they
+The closed forms of docs/math.md §4 for SFT, DPO and IPO are here too, for tests and docs; they
 return dL/dz of the batch-mean loss, aligned with the (unshifted) logits, zero off the response.
 """
 
@@ -143,7 +143,7 @@ def residual_from_logits(loss: LossDefinition, hparams: Mapping[str, float],
                               output=output, scale=scale)
 
 
-# ---- closed forms (MATH.md §2), dL/dz of the batch-mean loss -------------------------------
+# ---- closed forms (docs/math.md §4), dL/dz of the batch-mean loss -------------------------------
 
 
 def sft_direction(logits: Tensor, labels: Tensor) -> Tensor:
@@ -187,7 +187,7 @@ def dpo_residual(chosen_logits: Tensor, chosen_labels: Tensor, rejected_logits: 
 
     dL/dh = -beta [(1-eps)(1-a) - eps a], a = sigma(beta h); dh/dz = -(pi - e) on y+ and
     +(pi - e) on y-. So G = c (pi - e_{y+}) / B on y+ and -c (pi - e_{y-}) / B on y-,
-    c = beta [(1-eps)(1-a) - eps a], which is MATH.md's beta (1 - a) at eps = 0.
+    c = beta [(1-eps)(1-a) - eps a], which is beta (1 - a) at eps = 0 (docs/math.md §4).
     """
     h, _, _ = _margin(chosen_logits, chosen_labels, rejected_logits, rejected_labels, ref_chosen, ref_rejected)
     a = torch.sigmoid(beta * h)
@@ -203,7 +203,7 @@ def ipo_residual(chosen_logits: Tensor, chosen_labels: Tensor, rejected_logits: 
 
     dL/dh = 2 (h - 1/(2 beta)), so G = c (pi - e_{y+}) / (B n+) on y+ and -c (pi - e_{y-}) / (B n-)
     on y-, c = 2 (1/(2 beta) - h), with n± the token counts under ``per_token_mean`` and 1 otherwise.
-    (MATH.md's "2 (h - 1/(2 beta)) times the same two directions" has this sign flipped.)
+    (docs/math.md §4 derives this sign: the coefficient is positive while h is below 1/(2 beta).)
     """
     h, n_chosen, n_rejected = _margin(chosen_logits, chosen_labels, rejected_logits, rejected_labels,
                                       ref_chosen, ref_rejected, per_token_mean)

@@ -18,9 +18,10 @@ from ldreg.query.charts.curves import curves_chart
 from ldreg.query.charts.heatmaps import entk_heatmap, influence_heatmap
 from ldreg.query.errors import QueryError
 from ldreg.query.labels import differing_keys, flatten, run_labels
-from ldreg.query.observations import curves_frame, ensure_summaries, entk_matrix
+from ldreg.query.frame import curves_frame, ensure_summaries, entk_matrix
 from ldreg.query.pipeline import Aggregation, Pick, recorded
 from ldreg.query.select import RunInfo, select_runs
+from ldreg.store.collections import OBSERVATIONS
 from ldreg.store.connection import database
 
 
@@ -82,7 +83,7 @@ def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
         notes.append("no influence observations")
 
     labels = run_labels(runs)
-    entk_runs = [r for r in runs if db.observations.count_documents({"run_id": r.id, "kind": "entk"}, limit=1)]
+    entk_runs = [r for r in runs if db[OBSERVATIONS].count_documents({"run_id": r.id, "kind": "entk"}, limit=1)]
     for run in entk_runs[:4]:
         entk = entk_matrix(db, run.id)
         if not any("eNTK" in b for b in blocks if isinstance(b, str)):

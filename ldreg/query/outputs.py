@@ -15,6 +15,7 @@ from typing import Sequence
 import altair as alt
 import pandas as pd
 
+from ldreg.query.charts.common import static
 from ldreg.query.errors import QueryError
 
 FORMATS = ("html", "png", "svg", "json", "csv", "parquet")
@@ -98,10 +99,10 @@ def write(chart: alt.TopLevelMixin, frame: pd.DataFrame, where: dict[str, Path])
         if fmt == "html":
             chart.save(str(path), format="html", inline=True)
             assert_offline(path.read_text())
-        elif fmt == "png":
-            chart.save(str(path), format="png", scale_factor=PNG_SCALE)
+        elif fmt == "png":  # a picture: without the hover-only layers it cannot show
+            static(chart).save(str(path), format="png", scale_factor=PNG_SCALE)
         elif fmt == "svg":
-            chart.save(str(path), format="svg")
+            static(chart).save(str(path), format="svg")
         elif fmt == "json":
             path.write_text(json.dumps(chart.to_dict(), indent=1))
         elif fmt == "csv":

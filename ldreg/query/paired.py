@@ -13,6 +13,8 @@ the t interval of a paired change is then the paired interval.
 Pairing two buckets example by example is a join the embedded server would evaluate row by row,
 so it is done here in numpy, once per run: a run's derived summaries are recomputed only when
 its number of buckets changed (a late spool flush or a resumed run can add a stage's first probe).
+``common_examples``/``example_matrix``/``line_buckets`` are the same pairing for callers that need
+the per-example values themselves (the paper's findings test changes over examples).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ldreg.query.pipeline import OBSERVATIONS, STATS, derived_key
-
-MARKS = "observation_stats_derived"  # per (run, kind, quantity, derived): buckets seen, run start
+from ldreg.query.pipeline import derived_key
+from ldreg.store.collections import OBSERVATIONS, STATS
+from ldreg.store.collections import STATS_DERIVED as MARKS  # per (run, kind, quantity, derived): buckets seen
 
 
 def _per_example(doc: dict[str, Any], quantity: str) -> dict[int, float]:
@@ -35,6 +37,39 @@ def _per_example(doc: dict[str, Any], quantity: str) -> dict[int, float]:
 
 def _difference(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     return {i: a[i] - b[i] for i in a.keys() & b.keys()}
+
+
+def common_examples(*example_ids: Sequence[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The example ids every list holds (sorted), and where each list holds them: the pairing by id."""
+    common = np.asarray(sorted(set.intersection(*(set(int(i) for i in ids) for ids in example_ids))), dtype=int)
+    where = []
+    for ids in example_ids:
+        position = {int(e): i for i, e in enumerate(ids)}
+        where.append(np.asarray([position[e] for e in common], dtype=int))
+    return common, where
+
+
+def example_matrix(docs: Sequence[dict[str, Any]], quantities: Sequence[str]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Buckets paired example by example: the common example ids and, per quantity, buckets x examples.
+
+    Row i holds ``docs[i]``'s values of the examples every bucket has, in the order of the ids;
+    non-finite values are kept (the caller decides what a missing value means).
+    """
+    ids, where = common_examples(*(d["example_ids"] for d in docs))
+    return ids, {q: np.vstack([np.asarray(d["values"][q], dtype=float)[w] for d, w in zip(docs, where)])
+                 for q in quantities}
+
+
+def line_buckets(db, run_id: int, kind: str, probe_set: str, response_type: str, stage_index: int,
+                 quantities: Sequence[str]) -> list[dict[str, Any]]:
+    """One run's buckets of one type in one stage, in step order, a step stored twice counted once."""
+    docs = db[OBSERVATIONS].find(
+        {"run_id": run_id, "kind": kind, "probe_set": probe_set, "response_type": response_type,
+         "stage_index": stage_index},
+        {"_id": 0, "step": 1, "examples_seen": 1, "example_ids": 1, **{f"values.{q}": 1 for q in quantities}})
+    by_step = {d["step"]: d for d in docs}  # a resume or a stage's end can store a step twice
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def summary(values: Iterable[float]) -> dict[str, Any]:

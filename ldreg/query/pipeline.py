@@ -1,10 +1,11 @@
 """The MongoDB aggregation pipelines behind every curve: statistics computed where the data lives.
 
-A probe bucket holds one array per quantity (500 floats for the authors' probing set). A first
-pipeline reduces each bucket to mean, median, sample std and count inside the server (array
-operators, no $unwind) and ``$merge``s the result into ``observation_stats``, once per bucket
-and quantity: buckets never change, so later queries read only these small summaries, and a
-run still in progress gets only its new buckets summarised. Then, all in the server too: the step of a stage's start (``$setWindowFields``) to
+A probe bucket holds one array per quantity (500 floats for the authors' probing set) and, since
+it was written, its summary per quantity (n, mean, sample std, median). A first query copies
+those summaries into ``observation_stats`` (``copy_summaries``), once per bucket and quantity:
+buckets never change, so later queries read only these small summaries, and a run still in
+progress gets only its new buckets summarised. A bucket stored without a summary (written before
+they existed) is reduced inside the server (array operators, no $unwind) and ``$merge``d there. Then, all in the server too: the step of a stage's start (``$setWindowFields``) to
 align runs, a ``$group`` across runs that differ only in their seed, and an exponential moving
 average (``$expMovingAvg``). Non-finite values (NaN, ±inf, null) are left out of every statistic.
 The confidence interval needs a t quantile, so it is added afterwards from (mean, std, n).
@@ -19,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-OBSERVATIONS = "observations"
-STATS = "observation_stats"  # one summary per (bucket, quantity): see summarise_pipeline
+from ldreg.store.collections import OBSERVATIONS, STATS  # noqa: F401 (STATS: one summary per bucket and quantity)
+
 KEY_FIELDS = ("stage_index", "step", "probe_set", "response_type", "update_type")
 CHANGES = ("stage_start",)  # what a change is measured from (see ldreg.query.paired)
 
@@ -153,7 +154,8 @@ def bucket_stats_stages(quantity: str) -> list[dict[str, Any]]:
 
 
 def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]) -> list[dict[str, Any]]:
-    """Summarise one run's buckets of ``kind`` not yet summarised into STATS ($merge).
+    """Summarise one run's buckets of ``kind`` not in ``skip`` (those summarised, or copied by
+    ``copy_summaries``) into STATS ($merge): buckets written without their ``summary``.
 
     A summary's ``_id`` is its bucket's id and the quantity; ``run_start`` ties it to the run
     (Sacred reuses the id of a deleted latest run, so a summary of the old run must not pass).
@@ -168,6 +170,41 @@ def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, sk
                         "_id": {"$concat": ["$_id", "|", quantity]}}},
         {"$merge": {"into": STATS, "on": "_id", "whenMatched": "replace", "whenNotMatched": "insert"}},
     ]
+
+
+SUMMARY_FIELDS = ("run_id", "kind", "stage", "examples_seen") + KEY_FIELDS
+
+
+def copy_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]) -> list[str]:
+    """Copy into STATS the summaries that buckets carry from the moment they were written
+    (``summary.<quantity>``, see ldreg.store.documents), for those not yet there; return the
+    ids of the buckets copied.
+
+    Only a few numbers a bucket are read, so this is no pass over the arrays; buckets without
+    the field (written before it existed) are left to ``summarise_pipeline``. The filter on the
+    field is applied here: an ``$exists`` on a nested path makes the server scan the collection.
+    """
+    from pymongo.errors import BulkWriteError
+
+    match: dict[str, Any] = {"run_id": int(run_id), "kind": kind}
+    if skip:
+        match["_id"] = {"$nin": list(skip)}
+    projection = {**{f: 1 for f in SUMMARY_FIELDS}, f"summary.{quantity}": 1}
+    docs = []
+    for bucket in db[OBSERVATIONS].find(match, projection):
+        summary = (bucket.get("summary") or {}).get(quantity)
+        if summary is None:
+            continue
+        docs.append({**{f: bucket.get(f) for f in SUMMARY_FIELDS}, "n": summary["n"], "mean": summary["mean"],
+                     "std": summary["std"], "median": summary["median"], "bucket": bucket["_id"],
+                     "quantity": quantity, "run_start": run_start, "_id": f"{bucket['_id']}|{quantity}"})
+    if docs:
+        try:
+            db[STATS].insert_many(docs, ordered=False)
+        except BulkWriteError as exc:  # another query copied some first: the same summaries, keep theirs
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+    return [d["bucket"] for d in docs]
 
 
 def _by_run(values: Mapping[int, Any], default: Any = None) -> dict[str, Any]:
@@ -199,8 +236,8 @@ def anchors_pipeline(run_ids: Sequence[int], kind: str, quantity: str, anchor_st
                      ) -> list[dict[str, Any]]:
     """Each run's first examples_seen in its anchor stage (or, with None, in every stage)."""
     match: dict[str, Any] = {"run_id": {"$in": [int(r) for r in run_ids]}, "kind": kind, "quantity": quantity}
-    if anchor_stage is not None:
-        match["$or"] = [{"run_id": int(r), "stage_index": int(i)} for r, i in anchor_stage.items()]
+    if anchor_stage is not None:  # one $in, not an $or per run: the server tests every clause on every row
+        match["stage_index"] = {"$in": sorted({int(i) for i in anchor_stage.values()})}
     return [{"$match": match},
             {"$group": {"_id": {"run": "$run_id", "stage": "$stage_index"}, "start": {"$min": "$examples_seen"}}}]
 
@@ -237,7 +274,10 @@ def curve_pipeline(run_ids: Sequence[int], pick: Pick, aggregation: Aggregation,
     match = match_stage(run_ids, pick)
     match["$match"]["quantity"] = pick.quantity
     match["$match"]["derived"] = derived_key(pick.minus, aggregation.change)  # None: the plain summaries
-    x = anchored_x(anchors or {}) if aggregation.align is not None else "$examples_seen"
+    # Without pooling, x is examples_seen less the anchor, subtracted by the caller (``shift_x``):
+    # a $switch over every run costs a test per run on every row in a server that evaluates row by row.
+    pooled = aggregation.align is not None and aggregation.seeds
+    x = anchored_x(anchors or {}) if pooled else "$examples_seen"
     fields = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
     stages = [match, {"$project": {"_id": 0, "x": x, **{f: 1 for f in fields}}}]
     series = "run_id"
@@ -247,6 +287,18 @@ def curve_pipeline(run_ids: Sequence[int], pick: Pick, aggregation: Aggregation,
     if aggregation.ema:
         stages += ema_stages(aggregation.ema, series)
     return stages  # sorted by the caller: a $sort is a full extra pass on a row-by-row server
+
+
+def shift_x(rows: list[dict[str, Any]], anchors: Mapping[tuple[int, int | None], float]) -> None:
+    """``anchored_x`` done on the rows the server returned (runs not pooled): x = examples_seen
+    less the anchor of the row's run (or of its run and stage); a run without one keeps x."""
+    per_stage = any(stage is not None for _, stage in anchors)
+    for row in rows:
+        start = anchors.get((row["run_id"], row.get("stage_index") if per_stage else None))
+        if start is None and per_stage:
+            start = 0  # as anchored_x's $switch default
+        if start is not None:
+            row["x"] = row["examples_seen"] - start
 
 
 @dataclass

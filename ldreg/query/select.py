@@ -36,7 +36,7 @@ class Selection:
     ``name``: the Sacred experiment name, exact (``name_contains`` for a substring).
     ``tags``: every one of them must be on the run. ``status``: one or more Sacred statuses.
     ``where``: config conditions (see the module docstring). ``after``/``before``: ISO dates or
-    times bounding the run's start time.
+    times bounding the run's start time. ``sweep``: a sweep's id, for the runs of its configs.
     """
 
     ids: list[int] | None = None
@@ -48,6 +48,7 @@ class Selection:
     after: str | None = None
     before: str | None = None
     latest: int | None = None
+    sweep: str | None = None  # the runs of one sweep (`ldreg sweep list`), by the tag each carries
 
     def validate(self, where: str) -> None:
         prefix = f"{where}." if where else ""
@@ -178,6 +179,8 @@ def run_filters(sel: Selection) -> dict[str, dict[str, Any]]:
         filters[f"name={sel.name!r}"] = {"experiment.name": sel.name}
     if sel.name_contains:
         filters[f"name_contains={sel.name_contains!r}"] = {"experiment.name": {"$regex": re.escape(sel.name_contains)}}
+    if sel.sweep:
+        filters[f"sweep={sel.sweep!r}"] = {"meta.tags": f"sweep:{sel.sweep}"}
     if sel.tags:
         filters[f"tags={sel.tags}"] = {"meta.tags": {"$all": list(sel.tags)}}
     if sel.status:

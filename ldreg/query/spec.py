@@ -1,6 +1,6 @@
 """Declarative queries: a YAML file says which runs, which observations, how aggregated, which chart.
 
-Validated by ``ldreg.schema`` like experiment specs, so a misspelt key or a wrong type gets one
+Validated by ``ldreg.validation`` like experiment specs, so a misspelt key or a wrong type gets one
 message naming the dotted field and the nearest valid name. ``key=value`` overrides apply on top
 (``chart.color=stage``); ``runs=12,15`` replaces the selection with those run ids.
 """
@@ -15,11 +15,11 @@ from ldreg.errors import SpecError, closest, preview
 from ldreg.query.outputs import FORMATS, check_formats
 from ldreg.query.pipeline import Aggregation, Pick
 from ldreg.query.select import Selection, parse_ids
-from ldreg.schema import from_dict, positive
+from ldreg.validation import from_dict, positive
 from ldreg.spec import apply_overrides, load_raw
 
 CHART_KINDS = ("curves", "influence", "entk")
-SELECTION_SHORTHANDS = {"runs", "latest", "name", "tag"}
+SELECTION_SHORTHANDS = {"runs", "latest", "name", "tag", "sweep"}
 
 
 @dataclass
@@ -92,6 +92,8 @@ def _selection_overrides(data: dict[str, Any], overrides: Sequence[str]) -> tupl
         elif key == "name":
             select.pop("name_contains", None)
             select["name"] = value
+        elif key == "sweep":  # the runs of one sweep (ldreg.sweep)
+            select["sweep"] = value
         else:
             select["tags"] = [t for t in value.split(",") if t]
         data["select"] = select

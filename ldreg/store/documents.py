@@ -3,25 +3,35 @@
 A bucket holds the per-example arrays of one Observation, so a 500-example probe is one
 document, not 500, and nothing grows by ``$push``. Its ``_id`` is derived from what
 identifies the bucket, so a replayed spool or a retried batch writes each bucket exactly once.
-The mongoengine class is the schema (and what readers use); the sink writes the equivalent
-raw dictionaries with pymongo because mongoengine's bulk path is several times slower.
+The mongoengine class declares the schema and its indexes (``ensure_indexes`` reads them); no
+code path reads or writes through it: the sink inserts the equivalent raw dictionaries with pymongo
+(mongoengine's bulk path is several times slower), and every reader queries with raw pymongo
+(``find_buckets``, ``observation_from_bucket``).
+
+Each bucket also carries ``summary``: per quantity, the n, mean, sample std and median of its finite
+values, computed when the bucket is written. The query layer's curves need only these four numbers
+a bucket, so a first query copies them instead of reducing every array inside the server (which
+evaluates expressions row by row); buckets written before the field existed are reduced there.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from array import array
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import bson
+import numpy as np
 from mongoengine import DateTimeField, DictField, Document, IntField, ListField, StringField
 from pymongo.database import Database
 
 from ldreg.observations import Observation
+from ldreg.store.collections import OBSERVATIONS
 
 SCHEMA_VERSION = 1
-COLLECTION = "observations"
+COLLECTION = OBSERVATIONS  # named in ldreg.store.collections
 
 
 def bucket_key(
@@ -45,6 +55,7 @@ class ObservationBucket(Document):
     update_type = StringField(null=True)
     example_ids = ListField(IntField())
     values = DictField()  # quantity name -> one float per example id
+    summary = DictField()  # quantity name -> {n, mean, std, median} of its finite values (bucket_summary)
     # `meta` is mongoengine's class configuration, so the attribute is named `info`.
     info = DictField(db_field="meta")
     schema_version = IntField(default=SCHEMA_VERSION)
@@ -60,11 +71,42 @@ class ObservationBucket(Document):
     }
 
 
-def _floats(values: Any) -> list[float]:
-    """Plain Python floats from a list, numpy array or tensor (C-speed conversion and check)."""
+def _floats(values: Any) -> array:
+    """A C array of doubles from a list, numpy array or tensor (C-speed conversion and check)."""
     if hasattr(values, "tolist"):
         values = values.tolist()
-    return array("d", values).tolist()
+    return array("d", values)
+
+
+def _ints(ids: Any) -> list[int]:
+    """Plain Python ints (C-speed for a list of ints; element by element for anything else)."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    try:
+        return array("q", ids).tolist()
+    except (TypeError, OverflowError):  # floats such as 3.0, or ints beyond 64 bits (BSON then refuses them)
+        return [int(i) for i in ids]
+
+
+def value_summary(values: Any) -> dict[str, Any]:
+    """n, mean, sample std and median of the finite values, bit for bit as the server's pipeline
+    (``ldreg.query.pipeline.bucket_stats_stages``) computes them: sums are left folds (cumsum is
+    one), std is None below two values and mean and median None when there are none, and the
+    median is the midpoint of the two middle values."""
+    xs = np.asarray(values, dtype=float)
+    if not np.isfinite(xs).all():
+        xs = xs[np.isfinite(xs)]
+    n = int(xs.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "median": None}
+    mean = float(np.cumsum(xs)[-1]) / n
+    std = None
+    if n > 1:
+        deviations = xs - mean
+        with np.errstate(over="ignore"):  # an overflow gives inf, as the server's loop does
+            std = math.sqrt(float(np.cumsum(deviations * deviations)[-1]) / (n - 1))
+    middle = np.partition(xs, [(n - 1) // 2, n // 2])
+    return {"n": n, "mean": mean, "std": std, "median": (float(middle[(n - 1) // 2]) + float(middle[n // 2])) / 2}
 
 
 def _bson_safe_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +120,7 @@ def _bson_safe_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def bucket_from_observation(run_id: int, obs: Observation) -> dict[str, Any]:
     """The raw document the sink inserts; the same fields ``ObservationBucket`` declares."""
+    arrays = {str(name): _floats(v) for name, v in obs.values.items()}
     return {
         "_id": bucket_key(run_id, obs.kind, obs.stage_index, obs.step, obs.probe_set, obs.response_type,
                           obs.update_type),
@@ -90,8 +133,9 @@ def bucket_from_observation(run_id: int, obs: Observation) -> dict[str, Any]:
         "probe_set": obs.probe_set,
         "response_type": obs.response_type,
         "update_type": obs.update_type,
-        "example_ids": [int(i) for i in obs.example_ids],
-        "values": {str(name): _floats(v) for name, v in obs.values.items()},
+        "example_ids": _ints(obs.example_ids),
+        "values": {name: a.tolist() for name, a in arrays.items()},
+        "summary": {name: value_summary(np.frombuffer(a, dtype=float) if len(a) else []) for name, a in arrays.items()},
         "meta": _bson_safe_meta(obs.meta),
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc),

@@ -15,11 +15,13 @@ from pymongo import WriteConcern
 from pymongo.collection import Collection
 from pymongo.database import Database
 
+from ldreg.store.collections import METRICS
+
 KEYS = ("steps", "values", "timestamps")
 
 
 def journaled_metrics(db: Database) -> Collection:
-    return db.get_collection("metrics", write_concern=WriteConcern(j=True))
+    return db.get_collection(METRICS, write_concern=WriteConcern(j=True))
 
 
 def new_points(metrics: Collection, run_id: int, name: str, series: dict[str, list]) -> dict[str, list]:

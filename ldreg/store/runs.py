@@ -21,10 +21,9 @@ from typing import Any
 from pymongo import ReturnDocument, WriteConcern
 
 from ldreg.errors import LdregError
+from ldreg.store.collections import COUNTERS, METRICS, OBSERVATIONS, PER_RUN_CACHES, RUNS, cache_filter
 from ldreg.store.connection import database
 
-OBSERVATIONS = "observations"
-COUNTERS = "counters"
 DEAD_AFTER_BEATS = 3
 DEFAULT_HEARTBEAT_S = 10.0  # Sacred's default, for runs that did not record theirs
 
@@ -32,7 +31,7 @@ DEFAULT_HEARTBEAT_S = 10.0  # Sacred's default, for runs that did not record the
 def next_run_id(db) -> int:
     """A run id never given before in this database: a counter, raised past any existing run id."""
     counters = db.get_collection(COUNTERS, write_concern=WriteConcern(j=True))
-    top = db.runs.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+    top = db[RUNS].find_one({}, {"_id": 1}, sort=[("_id", -1)])
     highest = top["_id"] if top and isinstance(top["_id"], int) else 0
     counters.update_one({"_id": "runs"}, {"$max": {"last": highest}}, upsert=True)
     return int(counters.find_one_and_update({"_id": "runs"}, {"$inc": {"last": 1}},
@@ -106,7 +105,7 @@ def list_runs(status: str | None = None, tag: str | None = None, name: str | Non
         query["meta.tags"] = tag
     if name:
         query["experiment.name"] = {"$regex": name}
-    docs = list(db.runs.find(query, {"captured_out": 0, "info": 0}).sort("_id", -1).limit(limit))
+    docs = list(db[RUNS].find(query, {"captured_out": 0, "info": 0}).sort("_id", -1).limit(limit))
     if wanted in ("DEAD", "RUNNING"):
         docs = [d for d in docs if shown_status(d) == wanted]
     counts = {row["_id"]: row["n"] for row in db[OBSERVATIONS].aggregate([
@@ -126,7 +125,7 @@ def list_runs(status: str | None = None, tag: str | None = None, name: str | Non
 
 
 def get_run(run_id: int, db=None) -> dict[str, Any]:
-    doc = database(db).runs.find_one({"_id": run_id})
+    doc = database(db)[RUNS].find_one({"_id": run_id})
     if doc is None:
         raise LdregError(f"no run with id {run_id}; `ldreg runs` lists the runs there are")
     return doc
@@ -137,7 +136,7 @@ def show_run(run_id: int, db=None) -> dict[str, Any]:
     db = database(db)
     doc = get_run(run_id, db)
     metrics = {}
-    for m in db.metrics.find({"run_id": run_id}):
+    for m in db[METRICS].find({"run_id": run_id}):
         values = m.get("values") or []
         if values:
             metrics[m["name"]] = {"count": len(values), "first": values[0], "last": values[-1],
@@ -167,7 +166,7 @@ def show_run(run_id: int, db=None) -> dict[str, Any]:
 def truncate_metrics(run_id: int, after_step: int, db=None) -> int:
     """Drop the metric points logged after ``after_step`` (a resumed run logs them again)."""
     db = database(db)
-    metrics = db.get_collection("metrics", write_concern=WriteConcern(j=True))
+    metrics = db.get_collection(METRICS, write_concern=WriteConcern(j=True))
     changed = 0
     for m in metrics.find({"run_id": run_id}):
         keep = [i for i, s in enumerate(m.get("steps", [])) if s <= after_step]
@@ -202,7 +201,7 @@ def mark_failed(run_id: int, db=None) -> dict[str, Any]:
     fields = {"status": "FAILED", "stop_time": doc.get("heartbeat") or now,
               "fail_trace": [f"marked FAILED by `ldreg runs mark-failed` at {now:%Y-%m-%d %H:%M:%S} UTC: "
                              f"no heartbeat since {doc.get('heartbeat') or doc.get('start_time')}\n"]}
-    db.get_collection("runs", write_concern=WriteConcern(j=True)).update_one(
+    db.get_collection(RUNS, write_concern=WriteConcern(j=True)).update_one(
         {"_id": run_id, "status": "RUNNING"}, {"$set": fields})
     return fields
 
@@ -232,9 +231,9 @@ def delete_run(run_id: int, db=None) -> dict[str, int]:
             artifacts += 1
     return {
         "observations": db[OBSERVATIONS].delete_many({"run_id": run_id}).deleted_count,
-        "summaries": db["observation_stats"].delete_many({"run_id": run_id}).deleted_count  # the query cache
-        + db["observation_stats_runs"].delete_many({"_id": {"$regex": f"^{run_id}\\|"}}).deleted_count,
-        "metrics": db.metrics.delete_many({"run_id": run_id}).deleted_count,
+        "summaries": sum(db[name].delete_many(cache_filter(name, run_id)).deleted_count  # the query caches
+                         for name in PER_RUN_CACHES),
+        "metrics": db[METRICS].delete_many({"run_id": run_id}).deleted_count,
         "artifacts": artifacts,
-        "runs": db.runs.delete_one({"_id": run_id}).deleted_count,
+        "runs": db[RUNS].delete_one({"_id": run_id}).deleted_count,
     }

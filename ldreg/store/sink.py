@@ -1,11 +1,14 @@
 """StoreSink: observations into MongoDB from a background thread, never losing one.
 
-Training calls ``emit``, which converts the observation to its bucket document and puts it on
-a bounded queue (blocking briefly when the writer lags, so memory stays bounded). A writer
-thread inserts batches with pymongo ``insert_many(ordered=False)``. If the database is
-unreachable or dies, batches go to the spool and training goes on; the writer pings the
-database every ``retry_interval_s`` and, once it answers, replays the spool before writing
-new batches. Bucket ids are deterministic, so nothing is stored twice.
+Training calls ``emit``, which puts the observation on a bounded queue (blocking briefly when
+the writer lags, so memory stays bounded). A converter thread turns batches of observations into
+bucket documents and hands each to a writer thread, which inserts it with pymongo
+``insert_many(ordered=False)``: the next batch is converted while the server journals the last
+one (one batch waits between the two at most), and only the writer touches the database and the
+spool. An observation counts as done (``settle``) once the writer has stored or spooled it.
+If the database is unreachable or dies, batches go to the spool and training goes on; the
+writer pings the database every ``retry_interval_s`` and, once it answers, replays the spool
+before writing new batches. Bucket ids are deterministic, so nothing is stored twice.
 
 If the spool itself cannot be written (a read-only folder, a full disk), batches wait in memory
 (up to ``max_held`` buckets) and go to the database when it returns; ``close`` waits a bounded
@@ -27,7 +30,8 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from ldreg.observations import Observation
-from ldreg.store.documents import COLLECTION, bucket_from_observation, ensure_indexes
+from ldreg.store.collections import OBSERVATIONS
+from ldreg.store.documents import bucket_from_observation, ensure_indexes
 from ldreg.store.spool import Spool, WriteCounts, flush_spools, insert_documents, spool_path_for
 
 __all__ = ["StoreSink", "flush_spools"]
@@ -65,10 +69,11 @@ class StoreSink:
         self._held_lock = threading.Lock()
         self.spool_error: str | None = None
         self.lost = 0
+        self._lost_lock = threading.Lock()
         self.lost_from_step: int | None = None  # the earliest step of a lost bucket
         # j=True: a batch counts as stored only once journaled. SecantusDB acknowledges plain
         # writes before they are durable, and a kill -9 then loses the last fraction of a second.
-        self.collection = db.get_collection(COLLECTION, write_concern=WriteConcern(j=True))
+        self.collection = db.get_collection(OBSERVATIONS, write_concern=WriteConcern(j=True))
         self.spool = Spool(spool_path if spool_path is not None else spool_path_for(self.run_id, db.name))
         self.batch_size = batch_size
         self.retry_interval_s = retry_interval_s
@@ -81,7 +86,10 @@ class StoreSink:
         self._indexed = False
         self._next_retry = 0.0
         self._closed = False
+        self._outbox: queue.Queue = queue.Queue(maxsize=1)  # converted batches waiting for the writer
         self._thread = threading.Thread(target=self._run, name=f"ldreg-store-run-{run_id}", daemon=True)
+        self._writer = threading.Thread(target=self._send, name=f"ldreg-store-write-{run_id}", daemon=True)
+        self._writer.start()
         self._thread.start()
 
     # -- the sink interface ------------------------------------------------------------------
@@ -89,9 +97,9 @@ class StoreSink:
     def emit(self, obs: Observation) -> None:
         if self._closed:
             raise RuntimeError("StoreSink.emit after close()")
-        if not self._thread.is_alive():  # never happens by design; if it did, fail loudly, not silently
+        if not (self._thread.is_alive() and self._writer.is_alive()):  # never by design; if so, fail loudly
             raise RuntimeError(f"the writer thread of run {self.run_id} has stopped; observations cannot be stored")
-        try:  # converting to a document happens on the writer thread, off the training loop
+        try:  # converting to a document happens on the converter thread, off the training loop
             self._queue.put(obs, timeout=self.emit_timeout_s)
         except queue.Full:
             self._to_spool([bucket_from_observation(self.run_id, obs)])
@@ -106,6 +114,7 @@ class StoreSink:
             self._closed = True
             self._queue.put(_CLOSE)
             self._thread.join()
+            self._writer.join()
             deadline = time.monotonic() + self.final_wait_s
             while True:
                 self._next_retry = 0.0
@@ -137,37 +146,61 @@ class StoreSink:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- the writer thread -------------------------------------------------------------------
+    # -- the converter and writer threads ----------------------------------------------------
 
     def _run(self) -> None:
+        """Converter: batches of observations -> documents, handed to the writer in order."""
         while True:
             batch, closing = self._next_batch()
+            if not batch and not closing:  # the database is down and nothing came: time to retry it
+                self._outbox.put((None, 0, False))
+                continue
             try:
-                self._handle(batch)
+                docs = self._convert(batch)
+            except Exception as exc:  # never by design (_convert counts each failure); if so, count them all
+                log.error("run %d: %d observation(s) could not be converted: %s", self.run_id, len(batch), exc)
+                self._lose([{"step": obs.step} for obs in batch])
+                docs = []
+            # the writer marks the batch done (task_done) once it is stored or spooled
+            self._outbox.put((docs, len(batch) + closing, closing))
+            if closing:
+                return
+
+    def _send(self) -> None:
+        """Writer: insert each converted batch (or spool it); ``None`` asks for a reconnect attempt."""
+        while True:
+            docs, tasks, closing = self._outbox.get()
+            try:
+                if docs is None:
+                    self._try_reconnect()
+                elif docs:
+                    self._write(docs)
+            except Exception as exc:  # never by design (_write and _try_reconnect catch); keep counting
+                log.error("run %d: the store writer failed: %s", self.run_id, exc)
+                if docs:
+                    self._to_spool(docs)
             finally:
-                for _ in range(len(batch) + closing):
+                for _ in range(tasks):
                     self._queue.task_done()
             if closing:
                 return
 
-    def _handle(self, batch: list[Observation]) -> None:
-        if batch:
-            docs = []
-            for obs in batch:
-                try:
-                    docs.append(bucket_from_observation(self.run_id, obs))
-                except Exception as exc:  # an observation that cannot be a document: counted, named
-                    log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
-                              obs.kind, obs.response_type, obs.step, exc)
-                    self._lose([{"step": obs.step}])
-            self._write(docs)
+    def _convert(self, batch: list[Observation]) -> list[dict[str, Any]]:
+        docs = []
+        for obs in batch:
+            try:
+                docs.append(bucket_from_observation(self.run_id, obs))
+            except Exception as exc:  # an observation that cannot be a document: counted, named
+                log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
+                          obs.kind, obs.response_type, obs.step, exc)
+                self._lose([{"step": obs.step}])
+        return docs
 
     def _next_batch(self) -> tuple[list[Observation], bool]:
         timeout = self.retry_interval_s if not self._db_up else None
         try:
             first = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            self._try_reconnect()
+        except queue.Empty:  # nothing to write while the database is down: the writer retries it
             return [], False
         if first is _CLOSE:
             return [], True
@@ -260,9 +293,10 @@ class StoreSink:
 
     def _lose(self, docs: list[dict[str, Any]]) -> None:
         if docs:
-            self.lost += len(docs)
             first = min(int(d.get("step", 0)) for d in docs)
-            self.lost_from_step = first if self.lost_from_step is None else min(first, self.lost_from_step)
+            with self._lost_lock:  # the converter, the writer and emit may all count a loss
+                self.lost += len(docs)
+                self.lost_from_step = first if self.lost_from_step is None else min(first, self.lost_from_step)
 
     def _store_held(self) -> None:
         """Write what the spool refused, once the database answers (errors propagate: still down)."""

@@ -26,7 +26,7 @@ from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 
 from ldreg import config
-from ldreg.store.documents import COLLECTION
+from ldreg.store.collections import OBSERVATIONS, RUNS
 
 log = logging.getLogger("ldreg.store")
 
@@ -210,7 +210,7 @@ def flush_spools(db: Database, directory: Path | None = None) -> dict[str, Write
     for path in sorted(directory.glob("run-*.jsonl")):
         spool = Spool(path)
         try:
-            results[path.name] = spool.replay(db.get_collection(COLLECTION, write_concern=WriteConcern(j=True)))
+            results[path.name] = spool.replay(db.get_collection(OBSERVATIONS, write_concern=WriteConcern(j=True)))
         except PyMongoError as exc:
             counts = WriteCounts(left=spool.pending())
             log.warning("could not replay %s (%s); %d bucket(s) left in it", path, type(exc).__name__, counts.left)
@@ -254,7 +254,7 @@ def flush_all(db: Database, directory: Path | None = None) -> FlushReport:
         run_id = int(path.stem.rsplit("-", 1)[1])
         report.metric_points += store_metrics(metrics, run_id, read_json(path))
         path.unlink()
-    runs = db.get_collection("runs", write_concern=WriteConcern(j=True))
+    runs = db.get_collection(RUNS, write_concern=WriteConcern(j=True))
     for path in sorted(sacred_dir(directory).glob("run-*.json")):
         entry = read_json(path)
         run_id = entry["_id"]

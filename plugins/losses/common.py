@@ -18,6 +18,7 @@ _HOW = {
     "ref_chosen": "the engine fills it when LossDefinition.needs_reference is True (a reference model)",
     "ref_rejected": "the engine fills it when LossDefinition.needs_reference is True (a reference model)",
     "chosen_prob": "the data must carry a win probability P(y+ > y-) per pair",
+    "chosen_tokens": "the engine fills it with the chosen responses' token counts",
 }
 
 
@@ -43,11 +44,31 @@ def in_range(loss: str, name: str, value: float, low: float, high: float) -> flo
     return float(value)
 
 
-def switch(loss: str, name: str, value: float) -> bool:
-    """Hyper-parameters are numbers; an on/off option is 1.0 or 0.0 and nothing else."""
-    if value not in (0, 1):
-        raise SpecError(f"loss {loss!r}: option {name} is 1.0 (on) or 0.0 (off), got {value!r}")
+def switch(loss: str, name: str, value: bool | float) -> bool:
+    """An on/off option: true or false (1 or 0, as specs wrote it before parameters had types)."""
+    if not isinstance(value, bool) and value not in (0, 1):
+        raise SpecError(f"loss {loss!r}: option {name} is true or false, got {value!r}")
     return bool(value)
+
+
+def per_token(logps: SequenceLogps, loss: str, *fields: str) -> list[Tensor]:
+    """The named summed log-probs (or log-ratios' parts) divided by their responses' token counts.
+
+    ``chosen``/``ref_chosen`` divide by ``chosen_tokens``, the rejected ones by ``rejected_tokens``
+    (each clamped at 1, as TRL clamps completion lengths)."""
+    out = []
+    for name in fields:
+        counts = "rejected_tokens" if "rejected" in name else "chosen_tokens"
+        require(logps, loss, name, counts)
+        values = getattr(logps, name)
+        out.append(values / getattr(logps, counts).clamp(min=1).to(values.dtype))
+    return out
+
+
+def token_mean_nll(logps: SequenceLogps) -> Tensor:
+    """-log pi(y+) averaged over every y+ token of the batch (a token-weighted mean, as
+    ``nn.CrossEntropyLoss`` over the flattened batch computes TRL's CPO/ORPO ``nll_loss``)."""
+    return -logps.chosen.sum() / logps.chosen_tokens.sum().clamp(min=1).to(logps.chosen.dtype)
 
 
 def reward_metrics(beta: float, chosen_ratio: Tensor, rejected_ratio: Tensor,
@@ -65,6 +86,6 @@ def reward_metrics(beta: float, chosen_ratio: Tensor, rejected_ratio: Tensor,
 
 
 def log_ratios(logps: SequenceLogps, loss: str) -> tuple[Tensor, Tensor]:
-    """(r+, r-) = policy minus reference summed log-probs of y+ and y- (MATH.md §2)."""
+    """(r+, r-) = policy minus reference summed log-probs of y+ and y- (docs/math.md §1, §4)."""
     require(logps, loss, "rejected", "ref_chosen", "ref_rejected")
     return logps.chosen - logps.ref_chosen, logps.rejected - logps.ref_rejected

@@ -3,8 +3,10 @@
     L = -(1 - eps) log sigma(beta h) - eps log sigma(-beta h),   h = r+ - r-
 
 with r± the policy-minus-reference summed log-probs. eps = ``label_smoothing`` = 0 is plain DPO
-(the authors' runs); it equals TRL's ``loss_type="sigmoid"``. The batch loss is the mean over
-pairs. Residual (eps = 0, MATH.md §2): G = beta (1 - a)(pi - e_{y+}) on y+ and
+(the authors' runs) and equals TRL's ``loss_type="sigmoid"``. With eps > 0 it is cDPO, which TRL
+1.16 no longer has: its ``sigmoid`` ignores label_smoothing and its ``robust`` is a different,
+unbiased formula (Chowdhury et al. 2024; the ``robust`` loss here). The batch loss is the mean
+over pairs. Residual (eps = 0, docs/math.md §4): G = beta (1 - a)(pi - e_{y+}) on y+ and
 -beta (1 - a)(pi - e_{y-}) on y-, a = sigma(beta h), each divided by B for the batch mean.
 """
 

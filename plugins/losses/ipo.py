@@ -3,8 +3,10 @@
     L = (h - 1/(2 beta))^2,   h = r+ - r-
 
 By default r± are SUMS over response tokens, as in the IPO paper and the authors' code.
-``per_token_mean: 1.0`` divides every log-prob (policy and reference) by its response's token
-count first, which is TRL's ``loss_type="ipo"``. Residual (MATH.md §2, sign made explicit):
+``per_token_mean: true`` divides every log-prob (policy and reference) by its response's token
+count first: the loss and its gradients are then TRL's ``loss_type="ipo"``, but ``rewards/*`` are
+logged as beta times these per-token log-ratios, where TRL logs beta times the summed ones
+(``trl_dpo`` with ``loss_type: ipo`` logs TRL's way). Residual (docs/math.md §4, sign made explicit):
 dL/dh = 2 (h - 1/(2 beta)) and d h / dz = e_{y+} - pi on y+, so G = 2 (1/(2 beta) - h)(pi - e_{y+})
 on y+ and -2 (1/(2 beta) - h)(pi - e_{y-}) on y-, over B for the batch mean: while the margin is
 below target the coefficient is positive and IPO acts like DPO; above it, IPO pushes back.
@@ -17,7 +19,7 @@ from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
 from .common import log_ratios, positive, require, reward_metrics, switch
 
 
-def ipo_loss(logps: SequenceLogps, beta: float, per_token_mean: float) -> LossOutput:
+def ipo_loss(logps: SequenceLogps, beta: float, per_token_mean: bool) -> LossOutput:
     beta = positive("ipo", "beta", beta)
     chosen_ratio, rejected_ratio = log_ratios(logps, "ipo")
     if switch("ipo", "per_token_mean", per_token_mean):
@@ -31,9 +33,9 @@ def ipo_loss(logps: SequenceLogps, beta: float, per_token_mean: float) -> LossOu
 IPO = LossDefinition(
     name="ipo",
     compute=ipo_loss,
-    description="IPO: (h - 1/(2 beta))^2 on summed log-ratios; per_token_mean: 1.0 for TRL's form.",
-    defaults={"beta": 0.1, "per_token_mean": 0.0},
-    constraints={"beta": "> 0", "per_token_mean": "{0, 1}"},
+    description="IPO: (h - 1/(2 beta))^2 on summed log-ratios; per_token_mean: true for TRL's loss.",
+    defaults={"beta": 0.1, "per_token_mean": False},
+    constraints={"beta": "> 0"},
     needs_rejected=True,
     needs_reference=True,
 )

@@ -1,6 +1,6 @@
 """Supervised finetuning: L = -log pi(y+|x), and the paper's "extend" (SFT on y+ and y-).
 
-G = pi - e_{y+} on every token of y+ (MATH.md §2). Log-probabilities are sums over response
+G = pi - e_{y+} on every token of y+ (docs/math.md §4). Log-probabilities are sums over response
 tokens; the batch loss is their mean over examples, as in the authors' code.
 """
 

@@ -2,8 +2,8 @@
 
     L = max(0, delta - log pi(y+|x) + log pi(y-|x)) - lam log pi(y_ref|x),   y_ref = y+
 
-No reference model enters the hinge (MATH.md §2); y_ref is the SFT target, here y+. TRL's
-``loss_type="hinge"`` is relu(1 - beta h) with h the reference-corrected margin: with no
+No reference model enters the hinge (docs/math.md §4); y_ref is the SFT target, here y+. TRL's
+``loss_type="hinge"`` (the ``hinge`` loss here) is relu(1 - beta h), h reference-corrected: with no
 reference (TRL's reference_free) and delta = 1/beta it equals beta times this hinge, and it has
 no SFT term (lam = 0). Residual (over B for the batch mean): (1 + lam)(pi - e_{y+}) on y+ and
 -(pi - e_{y-}) on y- while the hinge is active; lam (pi - e_{y+}) on y+ and nothing on y- once

@@ -1,4 +1,8 @@
-"""Response types read straight from the data, and word permutations of them."""
+"""Response types read straight from the data, and word permutations of them.
+
+None of them reads a generator option: each declares ``options = {}``, so a spec that sets
+``probing.options`` for them alone is told the key does nothing.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class Chosen(ResponseGenerator):
     name = "chosen"
     label = "y+"
     description = "y+: the preferred response itself."
+    options: dict[str, str] = {}
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         return example.chosen
@@ -26,6 +31,7 @@ class Rejected(ResponseGenerator):
     name = "rejected"
     label = "y-"
     description = "y-: the less preferred response itself."
+    options: dict[str, str] = {}
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         return example.rejected
@@ -35,6 +41,7 @@ class ChosenPermuted(ResponseGenerator):
     name = "chosen_permuted"
     label = "permuted y+"
     description = "The words of y+ in a random order: same tokens, no grammar."
+    options: dict[str, str] = {}
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         return permute_words(example.chosen, ctx.rng(example, self.name))

@@ -11,21 +11,60 @@ sentence: \\n@@@ Original Sentence: <y+>\\n@@@ Rephrase:" followed by the raw ge
 running on into further "@@@" lines). We use that template, and keep the generation up to the next
 "@@@" marker or blank line (``ctx.options["selfr_raw"] = True`` keeps all of it, as their field did).
 
-Options: ``initial_sampling`` ("sample", default, or "greedy"), ``temperature`` (1.0), ``top_p``
-(1.0), ``max_prompt_length`` (256), ``max_new_tokens`` (a cap on generated tokens), ``rephrase_template``, ``rephrase_model``,
-``rephrase_sampling`` ("greedy", default for model_rephrase).
+Options come from the spec's ``probing.options``; each class declares the keys it reads in
+``options`` (shown with their defaults there) and checks their values in ``check_options``, so a
+misspelt key or a bad value is refused when the spec is validated, before any model is loaded.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from ldreg.data.errors import DataError
-from ldreg.data.generation import GREEDY, Sampling, count_tokens, generate_continuation
+from ldreg.sampling import GREEDY, Sampling, count_tokens, generate_continuation
 from ldreg.responses import GenerationContext, PreferenceExample, ResponseGenerator
 
 SELF_REPHRASE_TEMPLATE = "Please rephrase the following sentence: \n@@@ Original Sentence:{response}\n@@@ Rephrase:"
 STOP_MARKERS = ("@@@", "\n\n")
+
+
+SAMPLING_OPTIONS = {
+    "temperature": "sampling temperature, > 0 (default 1.0)",
+    "top_p": "nucleus sampling mass, in (0, 1] (default 1.0)",
+    "max_new_tokens": "a cap on the tokens generated per response (default: none)",
+}
+REPHRASE_OPTIONS = {
+    **SAMPLING_OPTIONS,
+    "rephrase_template": "the rephrase prompt, with {response} where the text goes (default: the authors')",
+    "max_rephrase_prompt_length": "tokens of the rephrase prompt kept (default 512)",
+    "selfr_raw": "true: keep the whole generation, as the authors' field did (default false)",
+}
+CHOICES = {"initial_sampling": ("greedy", "sample"), "selfr_sampling": ("greedy", "sample"),
+           "rephrase_sampling": ("greedy", "sample"), "rephrase_source": ("chosen", "rejected"),
+           "selfr_raw": (True, False)}
+
+
+def option_problems(options: dict, declared: dict) -> list[str]:
+    """What is wrong with the values of the ``declared`` keys in ``options`` ("key: message")."""
+    problems = []
+    for key, value in options.items():
+        if key not in declared:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in CHOICES and value not in CHOICES[key]:
+            problems.append(f"{key}: must be one of {', '.join(map(repr, CHOICES[key]))}, got {value!r}")
+        elif key == "temperature" and not (number and value > 0):
+            problems.append(f"temperature: must be a number > 0, got {value!r}")
+        elif key == "top_p" and not (number and 0 < value <= 1):
+            problems.append(f"top_p: must be a number in (0, 1], got {value!r}")
+        elif key.startswith("max_") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            problems.append(f"{key}: must be an integer > 0, got {value!r}")
+        elif key == "rephrase_template" and "{response}" not in str(value):
+            problems.append(f"rephrase_template: must contain {{response}} where the text goes, got {value!r}")
+        elif key == "rephrase_model" and not (isinstance(value, str) and value):
+            problems.append(f"rephrase_model: must be the path of a causal LM, got {value!r}")
+    return problems
 
 
 def sampling_from(options: dict, key: str, default: str) -> Sampling:
@@ -75,6 +114,11 @@ class Initial(ResponseGenerator):
     label = "y0 (base model's answer)"
     description = "y0: the base model's own answer to x, as long as y+ in tokens (seeded)."
     needs_model = True
+    options = {"initial_sampling": "'sample' (default) or 'greedy'",
+               "max_prompt_length": "tokens of x kept (default 256)", **SAMPLING_OPTIONS}
+
+    def check_options(self, options: dict) -> list[str]:
+        return option_problems(options, self.options)
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         _require_model(ctx, self.name)
@@ -87,6 +131,10 @@ class Initial(ResponseGenerator):
 class _SelfRephrase(ResponseGenerator):
     needs_model = True
     source = "chosen"
+    options = {"selfr_sampling": "'sample' (default) or 'greedy'", **REPHRASE_OPTIONS}
+
+    def check_options(self, options: dict) -> list[str]:
+        return option_problems(options, self.options)
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         _require_model(ctx, self.name)
@@ -122,19 +170,31 @@ class ModelRephrase(ResponseGenerator):
     name = "model_rephrase"
     label = "model rephrase"
     description = "y+ (or y-, option rephrase_source) rephrased by any local HF causal LM (option rephrase_model)."
+    options = {"rephrase_model": "the path of a local HF causal LM to rephrase with (required)",
+               "rephrase_source": "'chosen' (default) or 'rejected': which response to rephrase",
+               "rephrase_sampling": "'greedy' (default) or 'sample'", **REPHRASE_OPTIONS}
+
+    def check_options(self, options: dict) -> list[str]:
+        """The rephrasing model is required: without it there is nothing to rephrase with."""
+        path = options.get("rephrase_model")
+        if not path:
+            return ["rephrase_model: required: the path of a local causal LM to rephrase with"]
+        if isinstance(path, str) and (path.startswith((".", "/", "~")) and not Path(path).expanduser().is_dir()):
+            return [f"rephrase_model: no such directory {path!r}; give a local HF model directory"]
+        return option_problems(options, self.options)
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         path = ctx.options.get("rephrase_model")
         if not path:
-            raise DataError("response type 'model_rephrase' needs options.rephrase_model: the path (or hub id) "
-                            "of a causal LM to rephrase with")
+            raise DataError("response type 'model_rephrase' needs probing.options.rephrase_model: the path of "
+                            "a local causal LM to rephrase with")
         source = ctx.options.get("rephrase_source", "chosen")
         if source not in ("chosen", "rejected"):
-            raise DataError(f"options.rephrase_source={source!r}: choose 'chosen' or 'rejected'")
+            raise DataError(f"probing.options.rephrase_source={source!r}: choose 'chosen' or 'rejected'")
         try:
             model, tokenizer = _load_rephraser(str(path))
         except OSError as exc:
-            raise DataError(f"options.rephrase_model={path!r} cannot be loaded: {exc}") from exc
+            raise DataError(f"probing.options.rephrase_model={path!r} cannot be loaded: {exc}") from exc
         sampling = sampling_from(ctx.options, "rephrase_sampling", "greedy")
         return rephrase_with(model, tokenizer, getattr(example, source), ctx, example, self.name, sampling)
 

@@ -28,6 +28,7 @@ class IrrelevantTrain(ResponseGenerator):
     name = "irrelevant_train"
     label = "y+ of another train prompt"
     description = "y+ of another training prompt j != u (the authors' irr_train)."
+    options: dict[str, str] = {}
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         return other_chosen(example, ctx.train_pool, ctx.rng(example, self.name), "train_pool", self.name)
@@ -37,6 +38,7 @@ class IrrelevantTest(ResponseGenerator):
     name = "irrelevant_test"
     label = "y+ of a test prompt"
     description = "y+ of a test prompt, never trained on (the authors' irr_test)."
+    options: dict[str, str] = {}
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         return other_chosen(example, ctx.test_pool, ctx.rng(example, self.name), "test_pool", self.name)

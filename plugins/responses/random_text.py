@@ -12,6 +12,8 @@ from ldreg.responses import GenerationContext, PreferenceExample, ResponseGenera
 
 from .basic import permute_words
 
+CORPUS_OPTIONS = {"fortunes_dir": "a directory of fortune files to draw sentences from (default: Debian's)"}
+
 
 def corpus_for(ctx: GenerationContext) -> tuple[tuple[str, ...], str]:
     """(sentences, source): the context's own corpus if given, else fortunes or the fallback."""
@@ -25,6 +27,7 @@ class RandomSentence(ResponseGenerator):
     name = "random_sentence"
     label = "random sentence"
     description = "Real English text unrelated to x, with as many words as y+ (the paper's y_rnd)."
+    options = CORPUS_OPTIONS
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         sentences, _ = corpus_for(ctx)
@@ -39,6 +42,7 @@ class RandomPermuted(ResponseGenerator):
     name = "random_permuted"
     label = "permuted random sentence"
     description = "The words of this example's random_sentence in a random order."
+    options = CORPUS_OPTIONS
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         sentence = RandomSentence().generate(example, ctx)

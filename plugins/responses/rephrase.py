@@ -25,6 +25,18 @@ class WordNetRephrase(ResponseGenerator):
                             if kind == "semantic" else
                             f"{letter} with content words swapped for other words of the same part of speech: "
                             f"same shape, new meaning.")
+        rate = "semantic_rate" if kind == "semantic" else "format_rate"
+        default = 0.5 if kind == "semantic" else 0.7
+        self.options = {rate: f"the chance each content word is replaced (default {default})",
+                        "wordnet_dir": "a WordNet database directory (default: Debian's wordnet-base)"}
+
+    def check_options(self, options: dict) -> list[str]:
+        """Spec-time check of this type's options: the replacement rate is a probability."""
+        rate = "semantic_rate" if self.kind == "semantic" else "format_rate"
+        value = options.get(rate)
+        if value is not None and (isinstance(value, (bool, str)) or not 0 <= value <= 1):
+            return [f"{rate}: must be a number in [0, 1], got {value!r}"]
+        return []
 
     def generate(self, example: PreferenceExample, ctx: GenerationContext) -> str:
         lexicon = load_lexicon(ctx.options.get("wordnet_dir"))

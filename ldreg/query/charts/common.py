@@ -10,6 +10,11 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+# Altair refuses to serialise a frame of over 5,000 rows (MaxRowsError), so a 100-run comparison
+# (~30k points of short lines, nothing to thin) failed to write. ldreg bounds what it draws itself
+# (ldreg.query.charts.thin), so the blunt limit is off for every chart made in this process.
+alt.data_transformers.disable_max_rows()
+
 FONT = "Helvetica, Arial, sans-serif"
 PANEL_WIDTH = 280
 PANEL_HEIGHT = 220
@@ -80,3 +85,17 @@ def legend_columns(labels: pd.Series) -> int:
 def number_format(values: pd.Series) -> str:
     """d3 format for tooltips and cell labels: 3 significant digits, plain for typical log-probs."""
     return ".3~g" if values.abs().max(skipna=True) < 1e-2 or values.abs().max(skipna=True) >= 1e5 else ".2f"
+
+
+HOVER = "hover"  # the name of a layer that exists only for tooltips (invisible marks)
+
+
+def static(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    """The chart for an image (PNG, SVG): without its hover-only layers, which a picture cannot
+    show and which cost as much to render as the curves themselves."""
+    chart = chart.copy(deep=True)
+    holder = chart.spec if hasattr(chart, "spec") and hasattr(chart.spec, "layer") else chart
+    if hasattr(holder, "layer"):
+        holder.layer = [layer for layer in holder.layer if getattr(layer, "name", None) != HOVER]
+    return chart
+

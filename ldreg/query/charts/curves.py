@@ -15,9 +15,10 @@ from typing import Sequence
 import altair as alt
 import pandas as pd
 
-from ldreg.query.charts.common import (CATEGORY_SCHEME, PANEL_HEIGHT, PANEL_WIDTH, configure, fit_width,
+from ldreg.query.charts.common import (CATEGORY_SCHEME, HOVER, PANEL_HEIGHT, PANEL_WIDTH, configure, fit_width,
                                        legend_columns, number_format, x_title)
-from ldreg.query.observations import QUANTITIES, quantity_label
+from ldreg.query.charts.thin import thin_lines, thinning_note
+from ldreg.query.frame import QUANTITIES, quantity_label
 
 FACETS = ("series", "response_type", "stage", "run", "quantity", "none")
 COLOR_TITLES = {"run": "run", "series": "response", "response_type": "response", "stage": "stage",
@@ -58,13 +59,14 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
                  band: bool = True, columns: int = 3, align: int | str | None = None, title: str | None = None,
                  subtitle: str | Sequence[str] | None = None, order: Sequence[str] | None = None,
                  independent_y: bool = True, width: int = PANEL_WIDTH, height: int = PANEL_HEIGHT,
-                 dashes: str | None = None) -> alt.TopLevelMixin:
+                 dashes: str | None = None, thin: bool = True) -> alt.TopLevelMixin:
     """One line per colour value in each panel, the ``ci_low``-``ci_high`` band behind it.
 
     ``y``: "mean" (with the band) or "median". ``order``: the panels' order (default: as first seen).
     ``width`` is the most a panel gets: it shrinks so that ``columns`` panels fit the page.
     ``dashes``: a column whose values get their own dash pattern (e.g. the seed, with colour for the
-    pipeline).
+    pipeline). ``thin``: lines with more points than the panel has pixels across are thinned for
+    drawing (``ldreg.query.charts.thin``), and the subtitle says how many points are shown.
     """
     if frame.empty:
         raise ValueError("nothing to draw: the frame is empty")
@@ -95,7 +97,8 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     layers.append(base.mark_line(strokeWidth=2).encode(
         x=x_enc, y=alt.Y(f"{y}:Q", title=y_title(data, y), scale=alt.Scale(zero=False)), color=colour, detail=detail,
         **dash))
-    layers.append(base.mark_point(size=28, filled=True, opacity=0).encode(x=x_enc, y=f"{y}:Q", tooltip=tooltip))
+    layers.append(base.mark_point(size=28, filled=True, opacity=0).encode(x=x_enc, y=f"{y}:Q", tooltip=tooltip)
+                  .properties(name=HOVER))  # invisible, for tooltips: ``static`` drops it from an image
     if x == "x" and align is not None and align != "stage" and data[x].min() < 0:
         layers.append(base.transform_aggregate(rows="count()").mark_rule(strokeDash=[4, 4], color="#666")
                       .encode(x=alt.datum(0)))
@@ -105,6 +108,13 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     if facet != "none":
         columns = max(1, min(columns, data[facet].nunique() if facet in data else columns))
         width = fit_width(width, columns)
+    if thin:
+        total = len(data)
+        data = thin_lines(data, "line_id", x, y, max_points=width)
+        note = thinning_note(len(data), total)
+        if note:
+            subtitle = [*([subtitle] if isinstance(subtitle, str) else subtitle or []), note]
+            title = title or " "  # the note is a subtitle: a chart without a title gets a blank one
     chart = alt.layer(*layers, data=data).properties(width=width, height=height)
     if facet != "none":
         if facet not in data:

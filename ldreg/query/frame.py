@@ -1,0 +1,272 @@
+"""From selected runs to a tidy frame: one row per run (or seed group), step, series and statistic.
+
+This is the query layer's Python API::
+
+    runs = select_runs(db, name="sft-dpo", latest=3)
+    frame = curves_frame(db, runs, [Pick(quantity="logp_sum", response_types=["chosen", "rejected"])],
+                         Aggregation(align="dpo", ema=0.6))
+
+Columns: run_id, run (the legend label: what differs between the runs), stage, stage_index, step,
+examples_seen, x (aligned examples seen), probe_set, response_type, update_type, quantity,
+response_label and update_label (the types' display labels, see ``ldreg.query.names``),
+series (what a chart calls the curve, in those labels), minus (the type
+subtracted per example, or None), change (``stage_start`` when values are per-example changes
+since the stage's first probe, or None), mean, median, std, ci_low, ci_high, n (examples, or runs
+when seeds are pooled). Asking for what no selected run recorded is an error that lists what
+they did record.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ldreg.query.errors import QueryError
+from ldreg.query.labels import run_labels, seed_groups
+from ldreg.query.names import difference_label, label_of, response_labels
+from ldreg.query.paired import ensure_derived
+from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, anchors_pipeline, copy_summaries,
+                                  curve_pipeline, recorded, shift_x, summarise_pipeline)
+from ldreg.query.select import RunInfo
+from ldreg.store.collections import STATS_SUMMARISED
+from ldreg.errors import closest  # not ldreg.registry: that imports torch
+
+COLUMNS = ["run_id", "run", "stage", "stage_index", "step", "examples_seen", "x", "probe_set", "response_type",
+           "update_type", "response_label", "update_label", "quantity", "series", "minus", "change", "mean", "median",
+           "std", "ci_low", "ci_high", "n"]
+
+# How a quantity is named on an axis: (what it is, its unit).
+QUANTITIES = {
+    "logp_sum": ("log π(y|x)", "nats, summed over tokens"),
+    "logp_mean": ("log π(y|x) per token", "nats"),
+    "argmax_logp": ("argmax confidence, log π of the greedy tokens", "nats, summed"),
+    "nonargmax": ("log(1 - p*) summed", "nats"),
+    "n_tokens": ("length", "tokens"),
+    "a_norm": ("‖A‖ per token", ""),
+    "a_norm_authors": ("‖A‖ per token (authors' form)", ""),
+    "g_norm": ("‖G‖ per token", ""),
+    "energy": ("energy mean(1 - π(y))", ""),
+    "delta_logp": ("Δ log π after one step", "nats"),
+    "lbk": ("LBK |Δ| / (‖A_o‖ ‖G_u‖)", ""),
+    "lbk_signed": ("Δ / (‖A_o‖ ‖G_u‖)", ""),
+}
+QUANTITY_LABELS = {q: f"{what} ({unit})" if unit else what for q, (what, unit) in QUANTITIES.items()}
+_SHORT = {"argmax_logp": "argmax confidence", "logp_mean": "per-token log π"}
+
+
+def quantity_label(quantity: str) -> str:
+    return QUANTITY_LABELS.get(quantity, quantity)
+
+
+def series_label(pick: Pick, response_type: str, update_type: str | None = None,
+                 labels: dict[str, str] | None = None) -> str:
+    """``y+`` for log-probabilities; ``argmax confidence (on y+)`` for other quantities; ``y+ − y-``
+    for a difference. ``labels``: type name -> display label (default: the names)."""
+    labels = labels or {}
+    name = difference_label(response_type, pick.minus, labels) if pick.minus else label_of(response_type, labels)
+    if pick.label:
+        return pick.label if not pick.response_types or len(pick.response_types) == 1 else f"{pick.label} ({name})"
+    if update_type is not None:
+        name = f"{label_of(update_type, labels)} → {name}"
+    if pick.quantity == "logp_sum":
+        return name
+    return f"{_SHORT.get(pick.quantity, pick.quantity)} (on {name})"
+
+
+def _stage_anchor(runs: Sequence[RunInfo], align: int | str) -> dict[int, int]:
+    """Run id -> the stage index to align at: an index as given, "last", or the first stage with that loss/name."""
+    if isinstance(align, int):
+        return {r.id: align for r in runs}
+    if align == "last":
+        return {r.id: max(len(r.config.get("stages") or []) - 1, 0) for r in runs}
+    anchor = {}
+    for run in runs:
+        stages = run.config.get("stages") or []
+        for i, stage in enumerate(stages):
+            if isinstance(stage, dict) and align in (stage.get("loss"), stage.get("name")):
+                anchor[run.id] = i
+                break
+    if not anchor:
+        losses = sorted({str(s.get("loss")) for r in runs for s in r.config.get("stages") or [] if isinstance(s, dict)})
+        raise QueryError(f"aggregate.align: no selected run has a stage {align!r}{closest(str(align), losses)}; "
+                         f"their stages' losses: {', '.join(losses) or 'none recorded'}; or use a stage index, "
+                         f"'stage' or null")
+    return anchor
+
+
+def _kinds(db, ids: Sequence[int]) -> list[str]:
+    return sorted(row["_id"] for row in db[OBSERVATIONS].aggregate([
+        {"$match": {"run_id": {"$in": list(ids)}}}, {"$group": {"_id": "$kind"}}]))
+
+
+def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", summarised: bool = False) -> None:
+    """Raise QueryError naming what the pick asks for and no selected run recorded.
+
+    Before summarising: the kind and the quantity (from one bucket); after: the rest.
+    """
+    ids = [r.id for r in runs]
+    have = recorded(db, ids, pick.kind, pick.quantity if summarised else None)
+    run_list = ", ".join(f"#{i}" for i in ids)
+    if not have.quantities:
+        raise QueryError(f"{where}.kind: no selected run ({run_list}) recorded {pick.kind!r} observations; "
+                         f"they recorded: {', '.join(_kinds(db, ids)) or 'nothing (did the runs store observations?)'}")
+    checks = [("quantity", [pick.quantity], have.quantities)]
+    if summarised:
+        checks += [("response_types", pick.response_types, have.response_types),
+                   ("minus", [pick.minus] if pick.minus is not None else None, have.response_types),
+                   ("update_types", pick.update_types, have.update_types),
+                   ("probe_set", [pick.probe_set] if pick.probe_set is not None else None, have.probe_sets)]
+    for name, wanted, there in checks:
+        for value in wanted or []:
+            if value not in there:
+                raise QueryError(f"{where}.{name}: no selected run ({run_list}) recorded {value!r} for kind "
+                                 f"{pick.kind!r}{closest(str(value), sorted(there))}; recorded: {', '.join(sorted(there))}")
+
+
+def t_interval(mean: pd.Series, std: pd.Series, n: pd.Series, confidence: float) -> tuple[pd.Series, pd.Series]:
+    """mean ± t_{(1+c)/2, n-1} std / sqrt(n); NaN where n < 2."""
+    from scipy.stats import t
+
+    n = n.astype(float)
+    dof = (n - 1).where(n >= 2)
+    half = pd.Series(t.ppf((1 + confidence) / 2, dof.to_numpy()), index=mean.index) * std / np.sqrt(n)
+    return mean - half, mean + half
+
+
+SUMMARISED = STATS_SUMMARISED  # per (run, kind, quantity): how many buckets are summarised
+
+
+def _sealed(db, runs: Sequence[RunInfo]) -> dict[int, Any]:
+    """Run id -> its stop time, for the runs whose buckets can no longer change: COMPLETED with
+    nothing left in a spool (``result.observations_spooled``: `ldreg db flush` may add buckets
+    later). A resumed run is RUNNING again, and completes with a new stop time."""
+    sealed = {}
+    for doc in db.runs.find({"_id": {"$in": [r.id for r in runs]}, "status": "COMPLETED"},
+                            {"stop_time": 1, "result.observations_spooled": 1}):
+        result = doc.get("result")
+        if not (isinstance(result, dict) and result.get("observations_spooled")):
+            sealed[doc["_id"]] = doc.get("stop_time")
+    return sealed
+
+
+def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> int:
+    """Summarise every bucket of these runs not summarised yet; return how many.
+
+    Buckets carry their summaries (written with them), which are copied; older buckets are
+    reduced in the server. A run is recounted (counting touches every bucket of the run) unless
+    it was sealed, and unchanged, when last summarised (``_sealed``): buckets written late, by a
+    spool flush after the run ended or by a resumed run, are summarised too, and only the new
+    buckets are.
+    """
+    stats, marks = db[STATS], db[SUMMARISED]
+    known = {m["_id"]: m for m in marks.find({"_id": {"$in": [f"{r.id}|{kind}|{quantity}" for r in runs]}})}
+    sealed = _sealed(db, runs)
+    if any(not (k in known and known[k].get("sealed")) for k in (f"{r.id}|{kind}|{quantity}" for r in runs)):
+        stats.create_index(["run_id", "kind", "quantity", "response_type", "step"])  # before the deletes below
+    done = 0
+    for run in runs:
+        key = f"{run.id}|{kind}|{quantity}"
+        mark = known.get(key)
+        fresh = mark is not None and mark.get("run_start") == run.start_time
+        if fresh and mark.get("sealed") and run.id in sealed and mark.get("stop_time") == sealed[run.id]:
+            continue  # sealed then and unchanged since: no bucket can have been added
+        mine = {"run_id": run.id, "kind": kind, "quantity": quantity, "derived": None}  # not paired.py's
+        if not fresh:
+            stats.delete_many(mine)
+        have = mark.get("buckets", 0) if fresh else 0
+        total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
+        if total != have:
+            skip = [d["bucket"] for d in stats.find(mine, {"bucket": 1, "_id": 0})] if have else []
+            copied = copy_summaries(db, run.id, kind, quantity, run.start_time, skip)
+            if have + len(copied) < total:  # buckets stored without their summary: reduced in the server
+                list(db[OBSERVATIONS].aggregate(summarise_pipeline(run.id, kind, quantity, run.start_time,
+                                                                   skip + copied), allowDiskUse=True))
+            done += total - have
+        # sealed: read before counting, so a run that completed meanwhile is recounted next time
+        marks.replace_one({"_id": key}, {"_id": key, "buckets": total, "run_start": run.start_time,
+                                         "sealed": run.id in sealed, "stop_time": sealed.get(run.id)}, upsert=True)
+    return done
+
+
+def _anchors(db, runs: Sequence[RunInfo], pick: Pick, align: int | str) -> dict[tuple[int, int | None], float]:
+    per_stage = align == "stage"
+    anchor_stage = None if per_stage else _stage_anchor(runs, align)
+    rows = db[STATS].aggregate(anchors_pipeline([r.id for r in runs], pick.kind, pick.quantity, anchor_stage))
+    return {(row["_id"]["run"], row["_id"]["stage"] if per_stage else None): row["start"] for row in rows
+            if per_stage or anchor_stage.get(row["_id"]["run"]) == row["_id"]["stage"]}
+
+
+def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation: Aggregation | None = None,
+                 check: bool = True) -> pd.DataFrame:
+    """The tidy frame of every pick over the selected runs, aggregated in the database."""
+    aggregation = aggregation or Aggregation()
+    ids = [r.id for r in runs]
+    labels = seed_groups(runs) if aggregation.seeds else run_labels(runs)
+    names = response_labels(db, ids)
+    if aggregation.align not in (None, "stage"):
+        _stage_anchor(runs, aggregation.align)  # a stage no run has is an error before any work
+    frames = []
+    for i, pick in enumerate(picks):
+        if check:
+            check_pick(db, runs, pick, f"observe[{i}]")
+        ensure_summaries(db, runs, pick.kind, pick.quantity)
+        ensure_derived(db, runs, pick.kind, pick.quantity, pick.minus, aggregation.change)
+        if check:
+            check_pick(db, runs, pick, f"observe[{i}]", summarised=True)
+        anchors = _anchors(db, runs, pick, aggregation.align) if aggregation.align is not None else None
+        pipeline = curve_pipeline(ids, pick, aggregation, anchors=anchors, group_of=labels)
+        rows = list(db[STATS].aggregate(pipeline, allowDiskUse=True))
+        if anchors is not None and not aggregation.seeds:
+            shift_x(rows, anchors)
+        if not rows:
+            continue
+        frame = pd.DataFrame(rows)
+        frame["quantity"] = pick.quantity
+        frame["pick"] = i
+        rank = {t: k for k, t in enumerate(pick.response_types or [])}
+        frame["type_rank"] = [rank.get(t, len(rank)) for t in frame["response_type"]]  # panels in the pick's order
+        frame["minus"] = pick.minus
+        frame["response_label"] = [label_of(r, names) for r in frame["response_type"]]
+        frame["update_label"] = [label_of(u, names) if isinstance(u, str) else None for u in frame["update_type"]]
+        frame["change"] = aggregation.change
+        frame["series"] = [series_label(pick, r, u, names) for r, u in zip(frame["response_type"], frame["update_type"])]
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["run"] = frame["group"] if aggregation.seeds else frame["run_id"].map(labels)
+    for col in ("mean", "median", "std"):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
+    frame["ci_low"], frame["ci_high"] = t_interval(frame["mean"], frame["std"], frame["n"], aggregation.confidence)
+    extra = [c for c in ("n_examples",) if c in frame]
+    frame = frame.sort_values(["pick", "type_rank", "response_type", "run_id", "stage_index", "step"], kind="stable")
+    return frame[COLUMNS + extra].reset_index(drop=True)
+
+
+def entk_matrix(db, run_id: int, *, step: int | str = "first", probe_set: str | None = None,
+                response_type: str | None = None) -> dict[str, Any]:
+    """One run's eNTK Gram (``step``: a step, "first" or "last"), reshaped to n x n with its ids.
+
+    A Gram is small (n <= a few dozen), so the one bucket is read as is.
+    """
+    query: dict[str, Any] = {"run_id": int(run_id), "kind": "entk"}
+    if probe_set:
+        query["probe_set"] = probe_set
+    if response_type:
+        query["response_type"] = response_type
+    if isinstance(step, int):
+        query["step"] = step
+    order = -1 if step == "last" else 1
+    doc = next(iter(db[OBSERVATIONS].find(query).sort("step", order).limit(1)), None)
+    if doc is None:
+        steps = sorted({d["step"] for d in db[OBSERVATIONS].find({"run_id": int(run_id), "kind": "entk"}, {"step": 1})})
+        raise QueryError(f"run #{run_id} has no eNTK observation" + (f" at step {step}" if isinstance(step, int) else "")
+                         + (f"; eNTK steps recorded: {steps}" if steps else
+                            "; enable it with probing.entk in the experiment spec"))
+    n = int((doc.get("meta") or {}).get("n") or math.isqrt(len(doc["values"]["gram"])))
+    gram = np.asarray(doc["values"]["gram"], dtype=float).reshape(n, n)
+    return {"gram": gram, "example_ids": list(doc["example_ids"])[:n], "step": doc["step"], "stage": doc["stage"],
+            "response_type": doc["response_type"], "probe_set": doc["probe_set"], "meta": doc.get("meta") or {}}
