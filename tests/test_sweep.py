@@ -266,3 +266,20 @@ def test_claims_are_exclusive_expire_with_their_lease_and_failed_configs_requeue
     assert store.requeue_failed(sweep_db, sweep.id) == 1
     again = store.claim(sweep_db, sweep.id, "f", lease_s=60)
     assert again["index"] == 1 and again["run_id"] == 6  # its run is kept, so the worker resumes it
+
+
+def test_the_axis_chart_draws_a_dotted_axis_as_one_field_not_a_nested_path():
+    """A swept key such as stages.0.lr is one column; unescaped, Vega-Lite reads it as a nested path
+    and draws an empty chart (seen in a screenshot)."""
+    import pandas as pd
+
+    from ldreg.sweep.analysis import axis_chart
+
+    frame = pd.DataFrame({"loss": ["sft"] * 4, "stages.0.lr": [1e-3, 1e-3, 2e-3, 2e-3], "mean": [1.0, 2.0, 3.0, 4.0],
+                          "se": [0.1] * 4, "n": [8] * 4, "run": [1, 2, 3, 4]})
+    spec = axis_chart(frame, "stages.0.lr", "t").to_dict()
+    rows = spec["datasets"][spec["data"]["name"]]
+    for layer in spec["layer"]:
+        field = layer["encoding"]["x"]["field"]
+        assert "\\." in field and field.replace("\\.", ".") in rows[0]
+    assert sorted(row["stages.0.lr"] for row in rows) == [1e-3, 2e-3]

@@ -105,15 +105,16 @@ def axis_chart(frame: pd.DataFrame, axis: str, title: str, confidence: float = 0
 
     table = pooled(frame, ["loss", axis] if axis != "loss" else ["loss"], confidence)
     numeric = axis != "loss" and pd.api.types.is_numeric_dtype(table[axis])
-    x = alt.X(f"{axis}:{'Q' if numeric else 'N'}", title=axis,
+    field = axis.replace(".", "\\.")  # Vega-Lite reads "stages.0.lr" as a nested path unless escaped
+    x = alt.X(f"{field}:{'Q' if numeric else 'N'}", title=axis,
               scale=alt.Scale(type="log") if numeric and (table[axis] > 0).all() and table[axis].max() / max(
                   table[axis].min(), 1e-300) >= 20 else alt.Undefined)
     base = alt.Chart(table).encode(x=x, color=alt.Color("loss:N", title="loss"))
-    tooltip = [axis if axis != "loss" else "loss", "loss", alt.Tooltip("mean:Q", format="+.3f"), "runs",
-               "interval over", "run ids"]
+    tooltip = [alt.Tooltip(f"{field}:{'Q' if numeric else 'N'}", title=axis), "loss",
+               alt.Tooltip("mean:Q", format="+.3f"), "runs", "interval over", "run ids"]
     points = base.mark_point(filled=True, size=60).encode(y=alt.Y("mean:Q", title="mean change (nats)"),
                                                           tooltip=tooltip)
-    bars = base.mark_errorbar().encode(y="lo:Q", y2="hi:Q")
+    bars = base.mark_errorbar().encode(y=alt.Y("lo:Q", title="mean change (nats)"), y2="hi:Q")
     layers = [bars, points] + ([base.mark_line().encode(y="mean:Q")] if axis != "loss" else [])
     return alt.layer(*layers).properties(
         title=alt.TitleParams(title, subtitle=f"seeds pooled; {confidence:.0%} t-interval over seeds "
