@@ -57,7 +57,7 @@ def test_the_check_sees_each_way_of_spelling_a_collection(tmp_path):
     assert len(literal_names(bad, OURS)) == 4  # the dict key is not a collection
 
 
-def test_delete_run_empties_every_per_run_cache(db):
+def test_delete_run_empties_every_per_run_cache_and_its_events(db):
     from ldreg.store.runs import delete_run
 
     for run_id in (5, 50):
@@ -66,8 +66,10 @@ def test_delete_run_empties_every_per_run_cache(db):
         db[C.STATS].insert_one({"_id": f"s{run_id}", "run_id": run_id})
         for name in (C.STATS_SUMMARISED, C.STATS_DERIVED):
             db[name].insert_one({"_id": f"{run_id}|probe|logp_sum"})
+        db[C.EVENTS].insert_one({"run_id": run_id, "alarm": "displacement_share"})
     counts = delete_run(5, db)
     assert counts["observations"] == 1 and counts["summaries"] == 3 and counts["runs"] == 1
-    for name in (C.RUNS, C.OBSERVATIONS, *C.PER_RUN_CACHES):
+    assert counts["events"] == 1
+    for name in (C.RUNS, C.OBSERVATIONS, C.EVENTS, *C.PER_RUN_CACHES):
         assert db[name].count_documents({}) == 1, name  # run 50's, and only it, is left
     assert db[C.STATS_DERIVED].find_one()["_id"].startswith("50|")

@@ -21,7 +21,7 @@ from typing import Any
 from pymongo import ReturnDocument, WriteConcern
 
 from ldreg.errors import LdregError
-from ldreg.store.collections import COUNTERS, METRICS, OBSERVATIONS, PER_RUN_CACHES, RUNS, cache_filter
+from ldreg.store.collections import COUNTERS, EVENTS, METRICS, OBSERVATIONS, PER_RUN_CACHES, RUNS, cache_filter
 from ldreg.store.connection import database
 
 DEAD_AFTER_BEATS = 3
@@ -207,7 +207,7 @@ def mark_failed(run_id: int, db=None) -> dict[str, Any]:
 
 
 def delete_run(run_id: int, db=None) -> dict[str, int]:
-    """Remove the run document, its metrics, its artifacts and its observations together.
+    """Remove the run document, its metrics, its artifacts, its observations and events together.
 
     A live RUNNING run is refused: it would go on writing, and Sacred's final save would
     re-create half a run. Its spool files on this machine go too (they belong to it alone).
@@ -234,6 +234,7 @@ def delete_run(run_id: int, db=None) -> dict[str, int]:
         "summaries": sum(db[name].delete_many(cache_filter(name, run_id)).deleted_count  # the query caches
                          for name in PER_RUN_CACHES),
         "metrics": db[METRICS].delete_many({"run_id": run_id}).deleted_count,
+        "events": db[EVENTS].delete_many({"run_id": run_id}).deleted_count,  # alarms it raised
         "artifacts": artifacts,
         "runs": db[RUNS].delete_one({"_id": run_id}).deleted_count,
     }
