@@ -28,16 +28,9 @@ from ldreg.dynamics.residual import residual_grads, sft_direction
 from ldreg.errors import SpecError
 from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
 from ldreg.registry import load_plugins
+from test_losses import T, pairs  # the same hand-checked pairs as the original losses' tests
 
 LOSSES = load_plugins().losses
-T = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-
-
-def pairs(**overrides) -> SequenceLogps:
-    fields = dict(chosen=T(-10, -20), chosen_tokens=torch.tensor([2, 4]), rejected=T(-12, -18),
-                  rejected_tokens=torch.tensor([1, 2]), ref_chosen=T(-11, -20), ref_rejected=T(-11, -19))
-    fields.update(overrides)
-    return SequenceLogps(**fields)
 
 
 def call(name: str, logps: SequenceLogps, **hparams) -> LossOutput:
