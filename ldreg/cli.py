@@ -580,14 +580,17 @@ def ches(run_ids: str, out: Path, stage_index: int | None, variant: str) -> None
 @main.command()
 @click.option("--quick", is_flag=True, help="The three-minute version: smaller base model, fewer examples.")
 @click.option("--real", is_flag=True, help="The real-model tier: SmolLM2-135M on the authors' HH pairs and probes.")
-@click.option("--sweep", is_flag=True, help="Also run SFT then IPO, SLiC, SPPO and SPIN.")
+@click.option("--sweep", is_flag=True, help="Also run the loss comparison: every preference loss from the same SFT start (a sweep, quick scale).")
 @click.option("--seeds", default="1,2", show_default=True,
               help="Seeds of the LLM runs, comma-separated (0 is the seed the DPO learning rate was tuned on).")
 @click.option("--reuse", is_flag=True, help="Reuse COMPLETED runs with the same config (re-render the report).")
 @click.option("--vary-base", is_flag=True, help="Pretrain one base model per seed instead of sharing one.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="LLM runs at once, one process each (default: 2 on two or more cores, 1 for --real).")
 @friendly_errors
-def demo(quick: bool, real: bool, sweep: bool, seeds: str, reuse: bool, vary_base: bool, no_progress: bool) -> None:
+def demo(quick: bool, real: bool, sweep: bool, seeds: str, reuse: bool, vary_base: bool, no_progress: bool,
+         workers: int | None) -> None:
     """Run the main job: the paper's findings reproduced offline, ending in an HTML report."""
     from ldreg.paper.demo import Plan, run_demo
 
@@ -599,8 +602,8 @@ def demo(quick: bool, real: bool, sweep: bool, seeds: str, reuse: bool, vary_bas
         raise click.BadParameter("choose one of --quick and --real", param_hint="--real")
     if real and click.get_current_context().get_parameter_source("seeds") == click.core.ParameterSource.DEFAULT:
         seed_list = seed_list[:1]  # one seed: the real tier is sized for ~20 minutes on 2 cores
-    outcome = run_demo(Plan(quick=quick, real=real, sweep=sweep, seeds=seed_list, reuse=reuse, vary_base=vary_base),
-                       progress=not no_progress)
+    outcome = run_demo(Plan(quick=quick, real=real, sweep=sweep, seeds=seed_list, reuse=reuse, vary_base=vary_base,
+                            workers=workers), progress=not no_progress)
     colour = {"held": "green", "did not hold": "red"}
     print_table("findings", ("finding", "result", "numbers"),
                 [(f.name, Text(f.verdict, style=colour.get(f.verdict, "")), f.evidence) for f in outcome.findings])
@@ -682,3 +685,9 @@ def pretrain(name: str, no_progress: bool) -> None:
 from ldreg.sweep.cli import sweep as _sweep  # noqa: E402 - its own module (ldreg.sweep.cli)
 
 main.add_command(_sweep)
+
+# ------------------------------------------------------------------------------------- winrate
+
+from ldreg.judging.cli import winrate as _winrate  # noqa: E402 - its own module (ldreg.judging.cli)
+
+main.add_command(_winrate)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ldreg.registry import BackendRegistry, LossRegistry, ResponseRegistry
+    from ldreg.registry import BackendRegistry, JudgeRegistry, LossRegistry, ResponseRegistry, SourceRegistry
 
 PROJECT = "ldreg"
 
@@ -32,6 +32,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 OBJECTS = {
     "ldreg_register_losses": ("ldreg.losses.SequenceLogps", "ldreg.losses.LossOutput"),
     "ldreg_register_responses": ("ldreg.responses.PreferenceExample", "ldreg.responses.GenerationContext"),
+    "ldreg_register_judges": ("ldreg.judging.judge.JudgeQuery",),
 }
 
 
@@ -71,11 +72,20 @@ def ldreg_register_losses(registry: "LossRegistry") -> None:
     log-probs: `logps.rejected` is set); `needs_reference` (the engine runs the frozen reference
     model: `logps.ref_chosen`/`ref_rejected` are set); `rejected_source` (`"data"`, or
     `"generated"` to have the engine sample y- from the stage's opponent model, as SPIN does);
-    `needs_soft_labels` (declares that `compute` reads `logps.chosen_prob`; the engine fills
-    `chosen_prob` whenever every pair of a batch carries one, whatever this flag says, so a loss
-    that needs it must check it is not `None`); `sft_targets` (which responses an SFT-like loss
-    trains on: `("chosen",)` for SFT, `("chosen", "rejected")` for the paper's extend; a
-    declaration the engine does not read today); `origin` (set by the registry; leave it empty).
+    `accepts_unpaired` (the loss also trains on unpaired prompt/completion/label data, see
+    `desirable` below; a run refuses any other loss on such data before training);
+    `needs_mismatched` (a bool, or a callable of the stage's full hyper-parameters: the engine
+    computes TRL's mismatched pairs, see below); `check` (a callable of the full
+    hyper-parameters returning `"name: problem"` strings, for what no single constraint can judge,
+    such as two lists of unequal length; run with the spec, so `--dry-run` names it); `new_state`
+    (optional, makes the loss **stateful**: a factory of an object with `state_dict() -> dict` and
+    `load_state_dict(dict)`; the engine makes one at each stage's start, passes it to `compute` as
+    the keyword `state` (which `compute` must accept), saves its `state_dict()` in every checkpoint
+    and restores it on `ldreg run --resume`, so a resumed run equals an uninterrupted one; calls
+    outside training, such as the residual tools, get a fresh state, so they change nothing that
+    persists; BCO's running mean reward is one); `origin` (set by the registry; leave it empty). A loss that reads soft labels finds them in
+    `logps.chosen_prob`, which the engine fills whenever every pair of a batch carries one, so it
+    must check it is not `None` (as SPPO's `soft: true` does).
 
     **`SequenceLogps` fields**, each a tensor of shape `[B]` (one entry per pair of the batch):
     `chosen` (log pi(y+|x) summed over y+'s response tokens, with grad); `chosen_tokens` (how many
@@ -84,7 +94,11 @@ def ldreg_register_losses(registry: "LossRegistry") -> None:
     `rejected_source="generated"`; `None` unless `needs_rejected`); `ref_chosen` and
     `ref_rejected` (the reference model's sums, constants without grad; `None` unless
     `needs_reference`); `chosen_prob` (a soft win probability P(y+ > y-) from the data, `None`
-    where the data has none).
+    where the data has none); `desirable` (bool, set only for unpaired data: then `chosen` and
+    `ref_chosen` hold each row's one completion, labelled desirable or not, and `rejected`,
+    `ref_rejected` are `None`); `mismatched` and `ref_mismatched` (the policy's and the
+    reference's sums for TRL's mismatched pairs, prompt i with the completion of i-1 in the batch,
+    without grad; `None` unless `needs_mismatched` says so; KTO's KL estimate).
     """
 
 
@@ -158,4 +172,50 @@ def ldreg_register_executors(registry: "ExecutorRegistry") -> None:
     `True` when its workers may run on other machines (a loopback database is then refused).
     An engine that is an optional dependency is imported with
     `ldreg.sweep.executor.require(module, extra, name)`, which names the extra to install.
+    """
+
+
+@hookspec
+def ldreg_register_judges(registry: "JudgeRegistry") -> None:
+    """Register pairwise judges: call `registry.add(judge)` once per judge.
+
+    A judge says which of two responses to a prompt is better; `ldreg winrate RUN_A RUN_B --judge
+    NAME` asks it about the answers two runs wrote (a spec's `answers:`). **Receives** `registry`,
+    the `JudgeRegistry`; **must** call `registry.add` with an instance of an
+    `ldreg.judging.judge.Judge` subclass and return nothing (`add` raises a `PluginError` naming the
+    plugin for another object, an empty `name` or a taken one).
+
+    **A judge** sets `name`, `description` and `options` (each option's name mapped to
+    `(default, one line of help)`; a default of `None` makes it required; `--option KEY=VALUE`
+    sets them, and an unknown key is refused with the list), and implements
+    `verdicts(queries, settings)`: for each `JudgeQuery` (`prompt`, `first` shown as response A,
+    `second` shown as B) it **must return** `"A"`, `"B"` or `"tie"` (neither named), in order,
+    deterministically. It never swaps the order itself: ldreg asks every comparison in both
+    orders and counts a win only when both agree. `identity(settings)` returns a JSON-safe dict
+    of what decides the verdicts (a model's checksum, an endpoint and model name); stored
+    verdicts are reused only under the same identity. Every call is checked
+    (`ldreg.judging.judge.checked_verdicts`): an exception, a wrong count or an unknown verdict
+    stops with one message naming the judge and its plugin. `ldreg.judging.judge.pairwise_prompt`
+    builds the text both built-in judges show.
+    """
+
+
+@hookspec
+def ldreg_register_sources(registry: "SourceRegistry") -> None:
+    """Register source schemes: call `registry.add(SourceScheme(...))` once per `NAME:` prefix.
+
+    A source scheme lets a spec name an input by `NAME:ARG` in `model.base` or in
+    `data.source`, and leaves building it to you: ldreg's own paper app
+    registers `pretrained:` (a base model pretrained here and cached) and `generated:` (a
+    preference set built from real text) this way, so the runner never imports the app.
+    **Receives** `registry`, the `SourceRegistry`; **must** call `registry.add` with an
+    `ldreg.sources.SourceScheme` and return nothing (`add` raises a `PluginError` naming the plugin
+    for another object, an empty `name` or one another plugin took).
+
+    **`SourceScheme` fields**: `name` (the prefix without its colon); `kind` (`"model"` or
+    `"data"`: which fields it may stand in); `resolve` (called with `arg`, returns a local path:
+    a model folder with config.json, or a data file the `data.format` adapter reads; it may build
+    and cache, and is called once per run); `check` (called with the spec's field and `arg`,
+    returns one line for `ldreg run --dry-run`, builds nothing, and raises an
+    `ldreg.errors.SpecError` naming the field when `arg` is unknown); `description` (one line). A prefix no plugin registered is read as a path or a hub id.
     """

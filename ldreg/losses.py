@@ -35,6 +35,12 @@ class SequenceLogps:
     ``rejected`` is y- from the data, or y_gen for losses whose rejected response is generated
     (SPIN). ``ref_*`` are the frozen reference model's values. ``chosen_prob`` is a soft win
     probability P(y+ > y-) where the data carries one (SPPO).
+
+    Unpaired data (TRL's prompt/completion/label rows, for losses with ``accepts_unpaired``):
+    ``desirable`` (bool [B]) is set, ``chosen``/``ref_chosen`` hold each row's one completion
+    and ``rejected``/``ref_rejected`` are None. ``mismatched``/``ref_mismatched`` are the
+    summed log-probs of TRL's mismatched pairs (prompt i with the completion of i-1 in the
+    batch, without grad; for losses whose ``needs_mismatched`` says so): KTO's KL estimate.
     """
 
     chosen: Tensor
@@ -44,6 +50,9 @@ class SequenceLogps:
     ref_chosen: Tensor | None = None
     ref_rejected: Tensor | None = None
     chosen_prob: Tensor | None = None
+    desirable: Tensor | None = None
+    mismatched: Tensor | None = None
+    ref_mismatched: Tensor | None = None
 
 
 @dataclass
@@ -145,10 +154,20 @@ class LossDefinition:
     (``check_params``) rather than failing at the first step.
     ``needs_rejected``/``needs_reference`` tell the engine what to compute;
     ``rejected_source`` is ``"data"`` or ``"generated"`` (SPIN: the engine samples y- from the
-    opponent model). ``sft_targets`` lists which responses an SFT-like loss trains on
-    (``("chosen",)`` for SFT, ``("chosen", "rejected")`` for the paper's "extend").
+    opponent model).
     ``origin`` is filled in by the registry ("plugin 'hello', ldreg-hello 0.1.0") so that a
     failing call names who wrote the loss.
+
+    ``accepts_unpaired``: the loss also trains on unpaired data (``SequenceLogps.desirable``);
+    any other loss is refused on such data before training. ``needs_mismatched`` (a bool, or a
+    callable of the stage's full hyper-parameters) asks the engine for TRL's mismatched pairs.
+    ``check`` (optional) sees the full hyper-parameters and returns "name: problem" strings for
+    what no single parameter's constraint can judge (e.g. two lists of unequal length).
+    ``new_state`` (optional) makes a loss stateful: a factory of an object with
+    ``state_dict() -> dict`` and ``load_state_dict(dict)``; the engine makes one per stage,
+    passes it to ``compute`` as ``state=``, saves it in checkpoints and restores it on resume, so
+    a resumed run equals an uninterrupted one. Calls outside training (the residual and
+    influence tools) get a fresh state, so nothing they compute changes the training's.
     """
 
     name: str
@@ -158,9 +177,11 @@ class LossDefinition:
     needs_rejected: bool = False
     needs_reference: bool = False
     rejected_source: str = "data"
-    needs_soft_labels: bool = False
-    sft_targets: tuple[str, ...] = ()
     constraints: Mapping[str, ConstraintRule] = field(default_factory=dict)
+    accepts_unpaired: bool = False
+    needs_mismatched: Union[bool, Callable[[Mapping[str, HyperValue]], bool]] = False
+    check: Optional[Callable[[Mapping[str, HyperValue]], list[str]]] = None
+    new_state: Optional[Callable[[], Any]] = None
     origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +191,15 @@ class LossDefinition:
     def __call__(self, logps: SequenceLogps, **hparams: HyperValue) -> LossOutput:
         """The guarded call (see ``checked_call``) without a stage or step to report."""
         return checked_call(self, logps, hparams)
+
+    def full_params(self, params: Mapping[str, object]) -> dict[str, object]:
+        """The defaults overridden by ``params`` (coerced): what ``compute`` is called with."""
+        return {**self.defaults, **self.coerce(params)}
+
+    def wants_mismatched(self, params: Mapping[str, object]) -> bool:
+        """Whether the engine must compute TRL's mismatched pairs for a stage with ``params``."""
+        need = self.needs_mismatched
+        return bool(need(self.full_params(params)) if callable(need) else need)
 
     @property
     def label(self) -> str:
@@ -190,6 +220,8 @@ class LossDefinition:
                                 f"it accepts: {', '.join(sorted(self.defaults)) or 'none'}")
             elif problem := self._value_problem(key, value):
                 problems.append(f"{key}: {problem} (got {_preview(value)})")
+        if not problems and self.check is not None:
+            problems.extend(self.check(self.full_params(params)))
         return problems
 
     def coerce(self, params: Mapping[str, object]) -> dict[str, object]:
@@ -295,8 +327,12 @@ def _signature_problems(definition: LossDefinition) -> list[str]:
             problems.append(f"defaults name {', '.join(map(repr, unknown))}, which {shown} does not accept; "
                             f"add {'them' if len(unknown) > 1 else 'it'} to compute's parameters or drop "
                             f"{'them' if len(unknown) > 1 else 'it'} from defaults")
+    if definition.new_state is not None and named is not None and "state" not in named:
+        problems.append(f"{shown} does not accept 'state', which a loss with new_state receives; "
+                        f"add a state parameter")
     required = [p.name for p in params[1:] if p.default is p.empty
-                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in definition.defaults]
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in definition.defaults
+                and not (p.name == "state" and definition.new_state is not None)]
     if required:
         problems.append(f"{shown} requires {', '.join(map(repr, required))}, which defaults does not name; "
                         f"give {'them' if len(required) > 1 else 'it'} a default in defaults")
@@ -316,13 +352,16 @@ def _inputs(logps: SequenceLogps) -> dict[str, Tensor]:
 
 
 def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapping[str, HyperValue],
-                 where: str = "", diverged: str = "lower the learning rate or check the data") -> LossOutput:
+                 where: str = "", diverged: str = "lower the learning rate or check the data",
+                 state: Any = None) -> LossOutput:
     """Call a loss plugin and check what it returned, so a broken plugin is named, not traced back.
 
     The result must be a ``LossOutput`` whose loss is a 0-dim tensor, finite, and (when the
     log-probs carry gradients) attached to them. ``where`` ("stage '1-dpo', step 3") and
     ``diverged`` (what to do when the model's own log-probs were already non-finite) come from
     the trainer. A NaN or inf loss is blamed on the plugin only if every input was finite.
+    ``state`` is the training's loss state (``LossDefinition.new_state``); None gives a stateful
+    loss a fresh one, so a call outside training changes no state that persists.
     """
     unknown = sorted(set(hparams) - set(definition.defaults))
     if unknown:
@@ -336,7 +375,8 @@ def checked_call(definition: LossDefinition, logps: SequenceLogps, hparams: Mapp
         return LossCallError(f"{definition.label} {problem}{at}: {fix}")
 
     try:
-        out = definition.compute(logps, **{**definition.defaults, **definition.coerce(hparams)})
+        extra = {} if definition.new_state is None else {"state": definition.new_state() if state is None else state}
+        out = definition.compute(logps, **{**definition.defaults, **definition.coerce(hparams)}, **extra)
     except (LdregError, MemoryError, KeyboardInterrupt):
         raise  # already says what is wrong (e.g. a missing reference), or not the plugin's doing
     except Exception as exc:

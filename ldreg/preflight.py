@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from ldreg import sources
 from ldreg.data.errors import DataError
 from ldreg.errors import LdregError, SpecError, preview
 from ldreg.registry import Plugins
@@ -36,26 +37,25 @@ def looks_local(text: str) -> bool:
 
 def check(spec: ExperimentSpec, plugins: Plugins) -> list[str]:
     """One note per input checked; an LdregError naming the field at the first problem."""
-    notes, rows = check_data(spec)
-    notes.append(check_model("model.base", spec.model.base))
+    notes, rows = check_data(spec, plugins)
+    notes.append(check_model("model.base", spec.model.base, plugins))
     for i, stage in enumerate(spec.stages):
         if stage.reference != "stage_start":
-            notes.append(check_model(f"stages[{i}].reference", stage.reference))
+            notes.append(check_model(f"stages[{i}].reference", stage.reference, plugins))
     notes.extend(check_probing(spec, rows))
     return notes
 
 
 # ------------------------------------------------------------------------------------------ data
 
-def check_data(spec: ExperimentSpec) -> tuple[list[str], int | None]:
-    """Every row of a local data file parsed and converted as the run will; (notes, row count)."""
+def check_data(spec: ExperimentSpec, plugins: Plugins) -> tuple[list[str], int | None]:
+    """Every row of a local data file parsed and converted as the run will; (notes, row count).
+    A source scheme a plugin registered (``generated:NAME``, ldreg.sources) is checked by that plugin."""
     d = spec.data
     source = d.source
-    if source.startswith("generated:"):
-        from ldreg.paper.fortune_prefs import PREFIX, recipe
-
-        recipe(source[len(PREFIX):])  # a known name, or a SpecError listing the known ones
-        return [f"data.source: {source} (built from Debian's fortunes at run start if not cached)"], None
+    scheme = sources.scheme_for(source, "data", plugins)
+    if scheme:
+        return [scheme[0].check("data.source", scheme[1])], None
     if source.startswith("authors:"):  # the authors' HH files shipped in the package (ldreg.data.authors)
         from ldreg.data.authors import resolve_source
 
@@ -72,9 +72,14 @@ def check_data(spec: ExperimentSpec) -> tuple[list[str], int | None]:
                         f"check the path (relative paths are relative to the spec file)")
     from ldreg.data.adapters import iter_preferences
 
-    count = 0
-    for _ in iter_preferences(path, d.format, d.split, d.limit, d.data_dir):
+    count = unpaired = 0
+    for example in iter_preferences(path, d.format, d.split, d.limit, d.data_dir):
         count += 1
+        unpaired += "label" in example.extras  # TRL's unpaired rows (ldreg.data.unpaired)
+    if unpaired:
+        from ldreg.data.unpaired import refuse_pair_losses
+
+        refuse_pair_losses(spec, plugins)
     if not count:
         raise DataError(f"data.source: {path}: no rows (data.limit={d.limit}); give at least one row")
     n_test = int(round(count * d.test_fraction))
@@ -87,17 +92,14 @@ def check_data(spec: ExperimentSpec) -> tuple[list[str], int | None]:
 
 # ----------------------------------------------------------------------------------------- model
 
-def check_model(field: str, base: str) -> str:
-    """``tiny``, ``pretrained:NAME``, a named model, a local model folder, or a hub id."""
+def check_model(field: str, base: str, plugins: Plugins) -> str:
+    """``tiny``, a registered source scheme (``pretrained:NAME``, checked by its plugin), a named
+    model, a local model folder, or a hub id."""
     if base == "tiny":
         return f"{field}: tiny (built from config at run start)"
-    if base.startswith("pretrained:"):
-        from ldreg.paper.pretrain import RECORD_FILE, preset, pretrained_dir
-
-        name = base.split(":", 1)[1]
-        preset(name)  # a known preset, or a SpecError listing them
-        cached = (pretrained_dir(name) / RECORD_FILE).exists()
-        return f"{field}: {base} ({'cached' if cached else f'not cached: pretrained first, or `ldreg pretrain {name}`'})"
+    scheme = sources.scheme_for(base, "model", plugins)
+    if scheme:
+        return scheme[0].check(field, scheme[1])
     from ldreg import zoo
 
     if zoo.is_named(base) or base.startswith("zoo:"):

@@ -519,3 +519,31 @@ class ExecutorRegistry(Registry[Executor]):
 
 
 add_kind("executors", "ldreg_register_executors", ExecutorRegistry)
+
+
+# ---- source schemes (ldreg.sources): `pretrained:` and `generated:`, registered by the paper app
+from ldreg.sources import SourceScheme  # noqa: E402 - light: no torch, no app
+
+
+class SourceRegistry(Registry[SourceScheme]):
+    """``NAME:ARG`` prefixes of ``model.base`` and ``data.source`` (``ldreg.sources``)."""
+
+    kind = "source scheme"
+    item_type = SourceScheme
+
+
+add_kind("source_schemes", "ldreg_register_sources", SourceRegistry, "source schemes")
+
+
+# ---- judges (ldreg.judging): pairwise judges for `ldreg winrate`, built-in and third-party alike
+from ldreg.judging.judge import Judge  # noqa: E402 - light: no torch
+
+
+class JudgeRegistry(Registry[Judge]):
+    """Pairwise judges (``ldreg winrate --judge NAME``)."""
+
+    kind = "judge"
+    item_type = Judge
+
+
+add_kind("judges", "ldreg_register_judges", JudgeRegistry)

@@ -18,12 +18,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ldreg import config
+from ldreg import config, sources
 from ldreg.backends import Backend, resolve_backend
 from ldreg.data.adapters import load_preferences
 from ldreg.data.chat import chat_example
 from ldreg.data.probing import ProbingSet, build_probing_set, encode_probing_set, import_authors_probes
-from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_preference
+from ldreg.data.tokenize import TokenLimits, TruncationReport, encode_preference, encode_with_limits
+from ldreg.data.unpaired import is_unpaired, probe_pairs, refuse_pair_losses, unpaired_count
 from ldreg.dynamics.logprobs import EncodedPair
 from ldreg.models import build_tiny_model, load_model, load_tokenizer
 from ldreg.observations import ObservationSink
@@ -96,8 +97,9 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_model_path(spec: ExperimentSpec, train_examples: Sequence[PreferenceExample]) -> str:
-    """``tiny`` is built once per (data, size, seed) under the cache; anything else is passed through."""
+def resolve_model_path(spec: ExperimentSpec, train_examples: Sequence[PreferenceExample], plugins: Plugins) -> str:
+    """``tiny`` is built once per (data, size, seed) under the cache; a registered source scheme
+    (``pretrained:NAME``, ldreg.sources) is resolved by its plugin; anything else is passed through."""
     base = spec.model.base
     if base == "tiny":
         texts = [e.prompt + e.chosen for e in train_examples] + [e.rejected for e in train_examples]
@@ -118,10 +120,8 @@ def resolve_model_path(spec: ExperimentSpec, train_examples: Sequence[Preference
             except OSError:  # another process finished first: its model is the same (same key)
                 shutil.rmtree(partial, ignore_errors=True)
         return str(directory)
-    if base.startswith("pretrained:"):
-        from ldreg.paper.pretrain import pretrained_path
-
-        return str(pretrained_path(base.split(":", 1)[1]))
+    if sources.scheme_for(base, "model", plugins):
+        return sources.resolve(base, "model", plugins)
     from ldreg import zoo
 
     if zoo.is_named(base):  # a named real model, prepared once from its wheel (ldreg.zoo)
@@ -159,18 +159,18 @@ def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> Prepare
     quiet_libraries()
     d = spec.data
     source = d.source
-    if source.startswith("generated:"):  # a data set ldreg builds from real text (the offline demo)
-        from ldreg.paper.fortune_prefs import resolve_source
-
-        source = resolve_source(source)
+    if sources.scheme_for(source, "data", plugins):  # e.g. generated:NAME, built by the paper app's plugin
+        source = sources.resolve(source, "data", plugins)
     elif source.startswith("authors:"):  # the authors' HH files shipped in the package
         from ldreg.data.authors import resolve_source as authors_source
 
         source = str(authors_source(source))
     examples = load_preferences(source, d.format, d.split, d.limit, d.data_dir)
+    if unpaired_count(examples):
+        refuse_pair_losses(spec, plugins)
     split_seed = spec.seed if d.split_seed is None else d.split_seed
     train_examples, test_examples = split_train_test(examples, d.test_fraction, split_seed)
-    model_path = resolve_model_path(spec, train_examples)
+    model_path = resolve_model_path(spec, train_examples, plugins)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, backend.device(), torch.float32)  # the policy trains in fp32
     limits = TokenLimits(max_length=d.max_length, max_prompt_length=d.max_prompt_length)
@@ -179,9 +179,18 @@ def prepare(spec: ExperimentSpec, backend: Backend, plugins: Plugins) -> Prepare
     for e in train_examples:
         if d.chat_template:
             e = chat_example(tokenizer, e)
+        if is_unpaired(e):  # one completion and its label (KTO, BCO)
+            (completion,) = encode_with_limits(tokenizer, e.prompt, [e.chosen], limits, report, row=e.id)
+            train.append(EncodedExample(e.id, completion, None, desirable=e.extras["label"]))
+            continue
         chosen, rejected = encode_preference(tokenizer, e.prompt, e.chosen, e.rejected, limits, report, row=e.id)
         train.append(EncodedExample(e.id, chosen, rejected, e.extras.get("chosen_prob")))
-    sets = probing_sets(spec, train_examples, test_examples, model_path, tokenizer, model, plugins)
+    probe_train, probe_test = train_examples, test_examples
+    if unpaired_count(examples):  # the probes observe the pairs the unpaired data holds (ldreg.data.unpaired)
+        used = {s.source for s in spec.probing.sets}
+        probe_train = probe_pairs(train_examples, "train", required="train" in used)
+        probe_test = probe_pairs(test_examples, "test", required="test" in used)
+    sets = probing_sets(spec, probe_train, probe_test, model_path, tokenizer, model, plugins)
     if d.chat_template:
         sets = [in_chat_template(s, tokenizer) for s in sets]
     probe_sets = [encode_set(s, tokenizer, limits, report) for s in sets]
@@ -318,7 +327,7 @@ class ProbeObserver:
         pad = self.prepared.tokenizer.pad_token_id
         where = dict(step=clock.step, examples_seen=clock.examples_seen, stage=clock.stage,
                      stage_index=clock.stage_index, probe_set=first.name)
-        if probing.influence and _due(probing.influence.every, clock, previous):
+        if probing.influence and extras_due(probing.influence.every, clock, previous):
             from ldreg.dynamics.influence import influence, influence_observations
 
             n = probing.influence.n
@@ -331,7 +340,7 @@ class ProbeObserver:
                 self.sink.emit(obs)
             if probing.influence.predict:
                 self._prediction(model, subset, result, first.example_ids[:n], where)
-        if probing.entk and _due(probing.entk.every, clock, previous):
+        if probing.entk and extras_due(probing.entk.every, clock, previous):
             from ldreg.dynamics.entk import entk_observation, sequence_entk
 
             n, rtype = probing.entk.n, probing.entk.response_type
@@ -339,7 +348,7 @@ class ProbeObserver:
                                    max_params=probing.entk.max_params, projection_dim=probing.entk.projection_dim,
                                    seed=self.spec.seed)
             self.sink.emit(entk_observation(result, first.example_ids[:n], response_type=rtype, **where))
-        if probing.ches and (_due(probing.ches.every, clock, previous) or clock.stage_index != self.ches_stage):
+        if probing.ches and (extras_due(probing.ches.every, clock, previous) or clock.stage_index != self.ches_stage):
             self.ches_stage = clock.stage_index  # CHES before every stage: DPO after SFT starts from the SFT model
             from ldreg.dynamics.ches import ches, ches_observation
 
@@ -366,7 +375,7 @@ class ProbeObserver:
     def _generations(self, model: torch.nn.Module, clock: Clock, previous: int | None) -> None:
         """Degeneration probes on their own schedule: text written by the model, and how repetitive it is."""
         g = self.spec.probing.generation
-        if not g or not _due(g.every, clock, previous):
+        if not g or not extras_due(g.every, clock, previous):
             return
         from ldreg.dynamics.degeneration import generate_probes, generation_observations
 
@@ -386,9 +395,10 @@ class ProbeObserver:
             self.sink.emit(obs)
 
 
-def _due(every: int, clock: Clock, previous: int | None) -> bool:
-    """Whether influence/eNTK are due at this probe pass; ``every`` counts examples seen, like
-    ``probing.every``. Always before the first update; with ``every`` 0 only then; else at the first
+def extras_due(every: int, clock: Clock, previous: int | None) -> bool:
+    """Whether a costly extra (influence, eNTK, CHES, generations) is due at this probe pass; public
+    because the TRL callback (ldreg.integrations.trl) keeps the same schedule. ``every`` counts
+    examples seen, like ``probing.every``. Always before the first update; with ``every`` 0 only then; else at the first
     probe pass at or after each multiple of ``every``, i.e. when the clock crossed one since the
     ``previous`` pass. The clock moves by whole batches and probes on its own schedule, so an exact
     multiple may never be a probe point (batch 4, a probe each batch, ``every`` 6: at 0, 8, 12, 20, 24...).
@@ -449,6 +459,8 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
             observer.alarms.fired.update(tuple(f) for f in resume.get("alarms_fired", []))
     try:
         clock = trainer.run(spec.stages, prepared.train, resume=resume)
+        if spec.answers is not None:  # the final weights are not kept: answer for `ldreg winrate` now
+            counting.emit(final_answers(spec, prepared, clock))
     finally:
         counts = counting.close()  # whatever happened, what was computed is stored (or spooled)
     seconds = time.perf_counter() - start
@@ -456,12 +468,27 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
               "probe_passes": observer.passes, "probe_seconds": round(observer.seconds, 3),
               "seconds": round(seconds, 3), "truncation": prepared.truncation.summary()}
     if counts is not None and (counts.lost or counts.rejected):
-        raise ObservationsNotStored(_not_stored_message(ctx.run_id, counting.count, counts, sink, saved.get("step")))
+        raise ObservationsNotStored(not_stored_message(ctx.run_id, counting.count, counts, sink, saved.get("step")))
     if counts is not None and counts.left:  # the database is down: flush stores them and finishes the run
         result.update(observations_spooled=counts.left, spool=str(sink.spool.path))
         return result  # the checkpoint is kept until every observation is in the database
     checkpoint.discard(ctx.run_id)
     return result
+
+
+def final_answers(spec: ExperimentSpec, prepared: PreparedRun, clock: Clock):
+    """The final model's answers to held-out prompts (spec ``answers``), as one observation."""
+    from ldreg.judging.answers import write_answers
+
+    a = spec.answers
+    examples = prepared.test_examples if a.source == "test" else prepared.train_examples
+    if spec.data.chat_template:
+        examples = [chat_example(prepared.tokenizer, e) for e in examples]
+    return write_answers(prepared.model, prepared.tokenizer, examples, n=a.n, max_new_tokens=a.max_new_tokens,
+                         sampling=a.sampling, temperature=a.temperature, seed=a.seed,
+                         max_prompt_tokens=spec.data.max_prompt_length, step=clock.step,
+                         examples_seen=clock.examples_seen, stage=clock.stage, stage_index=clock.stage_index,
+                         source=a.source)
 
 
 def raise_alarm(ctx, crossing) -> None:
@@ -502,8 +529,9 @@ def _checkpoint(ctx, counting: "CountingSink", state: dict, saved: dict[str, int
     saved["step"] = state["clock"]["step"]
 
 
-def _not_stored_message(run_id: int, total: int, counts, sink, checkpoint_step: int | None) -> str:
-    """One message: what is stored, what is lost or where it waits, and the command that recovers."""
+def not_stored_message(run_id: int, total: int, counts, sink, checkpoint_step: int | None) -> str:
+    """One message: what is stored, what is lost or where it waits, and the command that recovers;
+    public because every writer of a run's observations (the runner, the TRL callback) fails with it."""
     missing = counts.lost + counts.rejected + counts.left
     parts = [f"run {run_id} FAILED: {max(total - missing, 0)} of {total} observations are in the database"]
     if counts.lost:
@@ -547,8 +575,12 @@ class CountingSink:
 
 
 def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None, progress: bool = True,
-                   plugins: Plugins | None = None) -> RunResult:
-    """Run ``spec`` as a tracked Sacred run against the configured (or embedded) MongoDB."""
+                   plugins: Plugins | None = None, sink_factory=None) -> RunResult:
+    """Run ``spec`` as a tracked Sacred run against the configured (or embedded) MongoDB.
+
+    ``sink_factory`` (run id -> ObservationSink; default: a StoreSink) exists for bench/bench_store.py,
+    which times the same run with a sink that stores nothing; no command exposes it.
+    """
     from ldreg.store.connection import mongo_url
     from ldreg.tracking import run_tracked
 
@@ -558,7 +590,8 @@ def run_experiment(spec: ExperimentSpec, *, spec_path: str | Path | None = None,
     from ldreg.spec import spec_files
 
     run_id, result = run_tracked(
-        spec.name, spec.to_config(), lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress),
+        spec.name, spec.to_config(), lambda ctx: run_body(spec, ctx, plugins=plugins, backend=backend, progress=progress,
+                                            sink=sink_factory(ctx.run_id) if sink_factory else None),
         url=url, tags=spec.tags, spec_path=spec_path, spec_files=spec_files(spec_path) if spec_path else (),
         **plugin_record(plugins),
     )

@@ -57,7 +57,7 @@ class DataSpec:
     or ``generated:NAME``, a data set ldreg builds from real text (``ldreg.paper.fortune_prefs``)."""
 
     source: str = ""
-    format: Literal["auto", "hh", "ultrafeedback", "jsonl"] = "auto"
+    format: Literal["auto", "hh", "ultrafeedback", "jsonl", "unpaired"] = "auto"
     split: str = "train"
     data_dir: str | None = None
     limit: int | None = field(default=None, metadata=positive())
@@ -166,6 +166,20 @@ class AlarmSpec:
 
 
 @dataclass
+class AnswersSpec:
+    """Answers the final model writes at the end of the run to the first ``n`` prompts (by id) of
+    the ``source`` split, stored for pairwise judging (``ldreg winrate``; ldreg.judging.answers).
+    ``seed`` is fixed by default (not the run's), so runs answer with the same random draws."""
+
+    n: int = field(default=16, metadata=positive())
+    source: Literal["test", "train"] = "test"
+    max_new_tokens: int = field(default=48, metadata=positive())
+    sampling: Literal["greedy", "sample"] = "greedy"
+    temperature: float = field(default=1.0, metadata=positive())
+    seed: int = field(default=0, metadata=non_negative())
+
+
+@dataclass
 class ProbingSpec:
     """What is observed, and how often (``every`` counts examples seen, as the authors do)."""
 
@@ -227,6 +241,7 @@ class ExperimentSpec:
     stages: list[StageSpec] = field(default_factory=list)
     checkpoint_every: int = field(default=50, metadata=non_negative("must be >= 0 (optimiser steps; 0: never)"))
     alarms: AlarmSpec | None = None
+    answers: AnswersSpec | None = None  # answers for win rates, written at the end (ldreg.judging)
 
     def validate(self, where: str) -> None:
         if self.alarms is not None and not {"chosen", "rejected"} <= set(self.probing.response_types):
@@ -234,6 +249,9 @@ class ExperimentSpec:
                             "probing.response_types")
         if not self.data.source:
             raise SpecError("data.source: required: a JSON-lines file, a data directory or a hub id")
+        if self.answers is not None and self.answers.source == "test" and self.data.test_fraction == 0:
+            raise SpecError("answers.source: test needs held-out prompts, but data.test_fraction is 0; "
+                            "set data.test_fraction above 0 or answers.source: train")
         if not self.stages:
             raise SpecError("stages: needs at least one stage, e.g. [{loss: sft, epochs: 1}]")
         names = [s.name for s in self.stages if s.name]
@@ -248,7 +266,7 @@ class ExperimentSpec:
         config = to_dict(self)
         if self.model.base != "tiny":
             config["model"].pop("tiny", None)
-        for absent in ("alarms",):  # unset: left out, so configs of runs before alarms existed still match
+        for absent in ("alarms", "answers"):  # unset: left out, so configs of runs before alarms existed still match
             if config.get(absent) is None:
                 config.pop(absent, None)
         if config["probing"].get("ches") is None:

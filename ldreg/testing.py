@@ -159,6 +159,8 @@ def check_loss(definition: LossDefinition, params: Mapping[str, Any] | None = No
     4. one SGD step on the model lowers the loss: the gradient points downhill. A step of ``lr``
        that overshoots (a squared loss such as IPO's can) is retried at ``lr``/10, down to
        ``lr``/1000, from the same weights, before the check fails.
+
+    ``chosen_prob``: the soft label every pair carries (``None``: none, as hard-labelled data).
     """
     from ldreg.dynamics.residual import residual_grads
 
@@ -169,9 +171,8 @@ def check_loss(definition: LossDefinition, params: Mapping[str, Any] | None = No
     problems = definition.check_params(params)
     assert not problems, f"params for loss {definition.name!r}: {'; '.join(problems)}"
     tiny = tiny or tiny_model()
-    prob = chosen_prob if definition.needs_soft_labels else None
     batch = logit_batch(tiny)
-    start = sequence_logps(tiny, chosen_prob=prob)
+    start = sequence_logps(tiny, chosen_prob=chosen_prob)
     _, g_chosen, g_rejected = residual_grads(
         definition, params, batch.chosen_logits, batch.chosen_labels, batch.rejected_logits, batch.rejected_labels,
         ref_chosen=start.ref_chosen, ref_rejected=start.ref_rejected, chosen_prob=start.chosen_prob)
@@ -181,7 +182,7 @@ def check_loss(definition: LossDefinition, params: Mapping[str, Any] | None = No
     assert norm > 0, (f"loss {definition.name!r}: G = dL/dz is zero on every token; "
                       f"the loss does not depend on the log-probs")
     weights = {k: v.detach().clone() for k, v in tiny.model.state_dict().items()}
-    loss = _loss_value(definition, tiny, params, prob, start)
+    loss = _loss_value(definition, tiny, params, chosen_prob, start)
     loss.backward()
     before = float(loss.detach())
     grads = [(p, p.grad.detach().clone()) for p in tiny.model.parameters() if p.grad is not None]
@@ -191,7 +192,7 @@ def check_loss(definition: LossDefinition, params: Mapping[str, Any] | None = No
         with torch.no_grad():
             for p, g in grads:
                 p.sub_(step * g)
-            after = float(_loss_value(definition, tiny, params, prob, start))
+            after = float(_loss_value(definition, tiny, params, chosen_prob, start))
         tried.append(f"lr {step:g}: {after:.6g}")
         if after < before:
             return LossCheck(before, after, step, norm)

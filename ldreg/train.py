@@ -30,12 +30,14 @@ LogScalar = Callable[[str, float, int], None]
 
 @dataclass
 class EncodedExample:
-    """A training example, tokenised: (x, y+) and (x, y-)."""
+    """A training example, tokenised: (x, y+) and (x, y-); or, from unpaired data, (x, y) in
+    ``chosen`` with ``rejected`` None and ``desirable`` its label."""
 
     id: int
     chosen: EncodedPair
-    rejected: EncodedPair
+    rejected: EncodedPair | None
     chosen_prob: float | None = None
+    desirable: bool | None = None
 
 
 @dataclass
@@ -126,8 +128,11 @@ class Trainer:
         order = self._order(len(data), stage.epochs, self.clock.stage_index)
         batches = [order[i : i + stage.batch_size] for i in range(0, len(order), stage.batch_size)]
         start = 0
+        loss_state = loss_def.new_state() if loss_def.new_state is not None else None  # e.g. BCO's running mean
         if resume is not None:
             start = resume["batch"]
+            if loss_state is not None and resume.get("loss_state") is not None:
+                loss_state.load_state_dict(resume["loss_state"])
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
             if reference is not None:
@@ -137,7 +142,7 @@ class Trainer:
                    initial=start, total=len(batches))
         for position in range(start, len(batches)):
             examples = [data[i] for i in batches[position]]
-            metrics = self._step(loss_def, stage, examples, reference, optimizer, device)
+            metrics = self._step(loss_def, stage, examples, reference, optimizer, device, loss_state)
             scheduler.step()
             before = self.clock.examples_seen
             self.clock.step += 1
@@ -151,7 +156,7 @@ class Trainer:
             if schedule.crossed(before, self.clock.examples_seen):
                 self._observe()
             if self.checkpointer and self.checkpoint_every and self.clock.step % self.checkpoint_every == 0:
-                self.checkpointer(self._state(position + 1, optimizer, scheduler, reference))
+                self.checkpointer(self._state(position + 1, optimizer, scheduler, reference, loss_state))
         bar.close()
         del reference
 
@@ -163,12 +168,14 @@ class Trainer:
 
         return frozen_copy(load_model(stage.reference, self.backend.device()), self.reference_dtype)
 
-    def _state(self, next_batch: int, optimizer, scheduler, reference) -> dict:
-        """Everything needed to continue bit-for-bit: weights, optimiser, schedule, data position, RNG."""
+    def _state(self, next_batch: int, optimizer, scheduler, reference, loss_state=None) -> dict:
+        """Everything needed to continue bit-for-bit: weights, optimiser, schedule, data position, RNG,
+        and a stateful loss's state (``LossDefinition.new_state``)."""
         return {"clock": dict(vars(self.clock)), "stage_index": self.clock.stage_index, "batch": next_batch,
                 "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "reference": reference.state_dict() if reference is not None else None, "rng": rng_state()}
+                "reference": reference.state_dict() if reference is not None else None, "rng": rng_state(),
+                "loss_state": loss_state.state_dict() if loss_state is not None else None}
 
     def _order(self, n: int, epochs: float, stage_index: int) -> list[int]:
         """Seeded shuffles, one per epoch; a fractional epoch takes a prefix of the last one."""
@@ -183,11 +190,16 @@ class Trainer:
         return order
 
     def _step(self, loss_def: LossDefinition, stage: StageSpec, examples: Sequence[EncodedExample],
-              reference: torch.nn.Module | None, optimizer: torch.optim.Optimizer, device) -> dict[str, float]:
+              reference: torch.nn.Module | None, optimizer: torch.optim.Optimizer, device,
+              loss_state=None) -> dict[str, float]:
         self.model.train()
         chosen = [e.chosen for e in examples]
         rejected: list[EncodedPair] | None = None
-        if loss_def.needs_rejected:
+        unpaired = examples[0].desirable is not None
+        if unpaired and not loss_def.accepts_unpaired:
+            raise LdregError(f"loss {loss_def.name!r} needs pairs, but the data is unpaired (prompt/completion/label); "
+                             f"use a loss that accepts unpaired data (kto, bco)")
+        if loss_def.needs_rejected and not unpaired:
             if loss_def.rejected_source == "generated":
                 if self.generate_rejected is None:
                     raise LdregError(f"loss {loss_def.name!r} needs generated responses, but no generator is set")
@@ -215,13 +227,17 @@ class Trainer:
             inputs.ref_chosen = ref_logps[:b]
             if rejected is not None:
                 inputs.ref_rejected = ref_logps[b:]
+        if unpaired:
+            inputs.desirable = torch.tensor([bool(e.desirable) for e in examples], device=device)
+        if loss_def.wants_mismatched(stage.params):
+            inputs.mismatched, inputs.ref_mismatched = self._mismatched(pairs, reference, device)
         probs = [e.chosen_prob for e in examples]
         if all(p is not None for p in probs):  # soft win probabilities, where the data has them
             inputs.chosen_prob = torch.tensor(probs, dtype=torch.float32, device=device)
         # the one guard for loss plugins: a LossOutput, 0-dim, finite, with grad, or a message naming the
         # plugin, stage and step; a NaN is blamed on the model only when its log-probs were already NaN
         out = checked_call(loss_def, inputs, stage.params, where=f"stage {self.clock.stage!r}, step {self.clock.step + 1}",
-                           diverged=f"lower the learning rate ({stage.lr}) or check the data")
+                           diverged=f"lower the learning rate ({stage.lr}) or check the data", state=loss_state)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -231,6 +247,23 @@ class Trainer:
         metrics = {"loss": float(out.loss.detach()), "grad_norm": float(grad_norm), **out.metrics}
         metrics.update(self._residual(logits.grad, batch, b, [e.id for e in examples], out))
         return metrics
+
+    def _mismatched(self, pairs: Sequence[EncodedPair], reference: torch.nn.Module | None,
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
+        """TRL's KL pairs (KTO): prompt i with the completion of i-1, the batch's completions rotated
+        by one; summed log-probs of the policy (no grad, as TRL) and of the reference. A completion
+        is cut so that no mismatched sequence is longer than the batch's longest."""
+        if reference is None:
+            raise LdregError("mismatched pairs need a reference model; declare needs_reference=True on the loss")
+        longest = max(len(p) for p in pairs)
+        shifted = [EncodedPair(p.prompt_ids, q.response_ids[: max(1, longest - len(p.prompt_ids))])
+                   for p, q in zip(pairs, [pairs[-1], *pairs[:-1]])]
+        batch = collate(shifted, self.pad_id).to(device)
+        with torch.no_grad(), self.backend.autocast(self.autocast_dtype):
+            policy, _ = model_sequence_logps(self.model, batch)
+        with torch.inference_mode(), self.backend.autocast(self.reference_dtype or self.autocast_dtype):
+            ref, _ = model_sequence_logps(reference, batch)
+        return policy.detach(), ref.clone()
 
     def _residual(self, grad: torch.Tensor | None, batch: Batch, n_chosen: int, ids: list[int],
                   output) -> dict[str, float]:

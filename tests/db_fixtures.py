@@ -4,6 +4,8 @@
 ``mongo_client``  a pymongo client to it with short timeouts
 ``mongo_url``     its URL, also set as LDREG_MONGO_URL while the test runs
 ``db``            a pymongo Database with a name unique to the test, dropped afterwards
+``ldreg_db``      like ``db``, and also ldreg's database (LDREG_DB, short heartbeats) for the test, so
+                  runs, sweeps and the worker processes they start all write there
 
 Tests that need to kill a server start their own ``EmbeddedServer`` in ``tmp_path``.
 """
@@ -44,4 +46,19 @@ def mongo_url(mongo_server, monkeypatch) -> str:
 def db(mongo_client):
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield mongo_client[name]
+    mongo_client.drop_database(name)
+
+
+@pytest.fixture
+def ldreg_db(mongo_url, mongo_client, monkeypatch):
+    """A fresh database that ldreg itself uses for the test (child processes inherit it through the
+    environment), with 0.5 s heartbeats so lease expiry and liveness checks take seconds."""
+    name = f"ldreg_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("LDREG_DB", name)
+    monkeypatch.setenv("LDREG_HEARTBEAT_S", "0.5")
+    from ldreg.store import connection
+
+    connection.disconnect()
+    yield mongo_client[name]
+    connection.disconnect()
     mongo_client.drop_database(name)

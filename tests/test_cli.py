@@ -39,7 +39,7 @@ def test_plugins_and_backends_tables():
 def test_plugins_and_backends_as_json():
     plugins = {p["plugin"]: p for p in json.loads(invoke("plugins", "--json").output)}
     assert set(plugins["ldreg.losses"]) == {"plugin", "distribution", "version", "origin", "losses",
-                                            "response_types", "backends", "executors"}
+                                            "response_types", "backends", "executors", "source_schemes", "judges"}
     assert {"sft", "dpo"} <= set(plugins["ldreg.losses"]["losses"])
     assert {"local", "ray", "slurm"} <= set(plugins["ldreg.executors"]["executors"])
     assert "chosen_permuted" in plugins["ldreg.responses"]["response_types"]

@@ -1,8 +1,9 @@
-"""The loss zoo: TRL 1.16's DPO loss types, SimPO, CPO, ORPO, KTO and DPOP, and typed hyper-parameters.
+"""The loss zoo: TRL 1.16's DPO loss types, SimPO, CPO, ORPO, KTO, BCO and DPOP, and typed hyper-parameters.
 
 Four checks per loss: values computed by hand on one small batch; TRL 1.16.0's formulas, re-written
 here from its source (trl/trainer/dpo_trainer.py ``_compute_loss``, trl/trainer/kto_trainer.py,
-trl/experimental/cpo/cpo_trainer.py ``cpo_loss``, trl/experimental/orpo/orpo_trainer.py
+trl/experimental/cpo/cpo_trainer.py ``cpo_loss``, trl/experimental/bco/bco_trainer.py ``bco_loss`` and
+trl/trainer/utils.py ``RunningMoments``, trl/experimental/orpo/orpo_trainer.py
 ``odds_ratio_loss``) on random log-probs; autograd gradients against closed forms; and the residual
 G = dL/dz by autograd through every registered loss, equal to the chain rule dL/dlogp (e_y - pi).
 
@@ -26,7 +27,7 @@ from ldreg.cli import main
 from ldreg.dynamics.logprobs import IGNORE, sequence_logps
 from ldreg.dynamics.residual import residual_grads, sft_direction
 from ldreg.errors import SpecError
-from ldreg.losses import LossDefinition, LossOutput, SequenceLogps
+from ldreg.losses import LossDefinition, LossOutput, SequenceLogps, checked_call
 from ldreg.registry import load_plugins
 from test_losses import T, pairs  # the same hand-checked pairs as the original losses' tests
 
@@ -81,7 +82,10 @@ def sig(x: float) -> float:
     # KTO, z = 0: desirable [1 - s(1), 1 - s(0)], undesirable [1 - s(1), 1 - s(-1)]
     ("kto", {"beta": 1.0, "kl": "zero"}, ((1 - sig(1)) + 0.5 + (1 - sig(1)) + (1 - sig(-1))) / 4),
     # KTO, z = mean(r+, r-) = mean(1, 0, -1, 1) = 0.25
-    ("kto", {"beta": 1.0}, ((1 - sig(0.75)) + (1 - sig(-0.25)) + (1 - sig(1.25)) + (1 - sig(-0.75))) / 4),
+    ("kto", {"beta": 1.0, "kl": "batch"}, ((1 - sig(0.75)) + (1 - sig(-0.25)) + (1 - sig(1.25)) + (1 - sig(-0.75))) / 4),
+    # BCO beta 1, a fresh state: delta = mean(1, 0, -1, 1) = 0.25;
+    # [-log s(1 - .25), -log s(0 - .25)], [-log s(-(-1 - .25)), -log s(-(1 - .25))]
+    ("bco", {"beta": 1.0}, (sp(-0.75) + sp(0.25) + sp(-1.25) + sp(0.75)) / 4),
     # TRL's sigmoid + 0.5 sft: DPO at beta 0.1 (0.671267765) + 0.5 * 5
     ("trl_dpo", {"loss_type": "sigmoid, sft", "loss_weights": "1, 0.5"}, 0.671267765 + 2.5),
 ])
@@ -98,7 +102,7 @@ def test_dpop_is_dpo_until_y_plus_falls_below_the_reference():
 
 
 def test_metrics_carry_trl_names_and_values():
-    kto = call("kto", pairs(), beta=1.0).metrics
+    kto = call("kto", pairs(), beta=1.0, kl="batch").metrics
     assert kto == pytest.approx({"kl": 0.25, "rewards/chosen": 0.5, "rewards/rejected": 0.0, "rewards/margins": 0.5,
                                  "logps/chosen": -15.0, "logps/rejected": -15.0})
     orpo = call("orpo", pairs()).metrics
@@ -243,6 +247,92 @@ def test_orpo_matches_trl_odds_ratio_loss(rp):
     assert out.metrics["log_odds_ratio"] == pytest.approx(F.logsigmoid(log_odds).mean().item(), rel=1e-14)
 
 
+def test_kto_mismatched_kl_is_trls_estimate(rp):
+    """KTOTrainer 1.16.0: kl = (policy_KL_logps - reference_KL_logps).mean().clamp(min=0), detached."""
+    g = torch.Generator().manual_seed(9)
+    mismatched = rp.chosen + torch.randn(64, generator=g, dtype=torch.float64)
+    ref_mismatched = rp.chosen + torch.randn(64, generator=g, dtype=torch.float64) - 0.3
+    p = SequenceLogps(rp.chosen, rp.chosen_tokens, rp.rejected, rp.rejected_tokens, rp.ref_chosen, rp.ref_rejected,
+                      mismatched=mismatched, ref_mismatched=ref_mismatched)
+    kl = (mismatched - ref_mismatched).mean().clamp(min=0)
+    assert kl > 0
+    cr, rr = rp.chosen - rp.ref_chosen, rp.rejected - rp.ref_rejected
+    expected = torch.cat((1 - torch.sigmoid(0.1 * (cr - kl)), 1 - torch.sigmoid(0.1 * (kl - rr)))).mean()
+    out = call("kto", p)  # kl: mismatched is the default
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+    assert out.metrics["kl"] == pytest.approx(float(kl), rel=1e-12)
+    # a negative estimate is clamped at 0, as TRL clamps
+    low = SequenceLogps(rp.chosen, rp.chosen_tokens, rp.rejected, rp.rejected_tokens, rp.ref_chosen, rp.ref_rejected,
+                        mismatched=mismatched - 5, ref_mismatched=ref_mismatched)
+    assert call("kto", low).metrics["kl"] == 0.0
+    with pytest.raises(SpecError, match="mismatched.*kl: batch"):
+        call("kto", pairs())  # outside training nothing fills the mismatched pairs: the message says what to do
+
+
+def test_kto_and_bco_on_unpaired_rows_split_by_label():
+    """Unpaired: chosen holds each row's completion; TRL splits the batch by label."""
+    g = torch.Generator().manual_seed(4)
+    n = 32
+    logp, ref = -torch.rand(n, generator=g, dtype=torch.float64) * 30, -torch.rand(n, generator=g, dtype=torch.float64) * 30
+    label = torch.rand(n, generator=g) > 0.4
+    mis, ref_mis = logp.flip(0), ref.flip(0) - 1.0
+    p = SequenceLogps(logp, torch.full((n,), 5), ref_chosen=ref, desirable=label, mismatched=mis, ref_mismatched=ref_mis)
+    r = logp - ref
+    kl = (mis - ref_mis).mean().clamp(min=0)
+    expected = torch.cat((1.2 * (1 - torch.sigmoid(0.3 * (r[label] - kl))),
+                          0.7 * (1 - torch.sigmoid(0.3 * (kl - r[~label]))))).mean()
+    out = call("kto", p, beta=0.3, desirable_weight=1.2, undesirable_weight=0.7)
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+    assert out.metrics["logps/chosen"] == pytest.approx(float(logp[label].mean()))
+    assert out.metrics["logps/rejected"] == pytest.approx(float(logp[~label].mean()))
+    delta = float(torch.cat((0.3 * r[label], 0.3 * r[~label])).mean())
+    expected = torch.cat((-F.logsigmoid(0.3 * r[label] - delta), -F.logsigmoid(-(0.3 * r[~label] - delta)))).mean()
+    torch.testing.assert_close(call("bco", p, beta=0.3).loss, expected, rtol=1e-9, atol=1e-12)
+    only_good = SequenceLogps(logp[label], torch.full((int(label.sum()),), 5), ref_chosen=ref[label],
+                              desirable=label[label])
+    metrics = call("kto", only_good, kl="zero").metrics  # a batch without an undesirable row logs that side not at all
+    assert "rewards/chosen" in metrics and "rewards/rejected" not in metrics and "rewards/margins" not in metrics
+
+
+class TRLRunningMoments:
+    """trl/trainer/utils.py RunningMoments (1.16.0), single process: the mean and count BCO reads."""
+
+    def __init__(self):
+        self.mean, self.std, self.var, self.count = 0.0, 1.0, 1.0, 1e-24
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs_count = xs.numel()
+        xs_var, xs_mean = torch.var_mean(xs, unbiased=False)
+        xs_mean, xs_var = xs_mean.float(), xs_var.float()
+        delta = xs_mean - self.mean
+        tot_count = self.count + xs_count
+        self.mean += (delta * xs_count / tot_count).item()
+        self.count = tot_count
+
+
+def test_bco_matches_trl_bco_loss_over_steps(rp):
+    """bco_trainer.py 1.16.0 ``bco_loss`` (no UDM): running.update(cat(rewards)), delta = running.mean,
+    losses -log s(beta r+ - delta), -log s(-(beta r- - delta)), loss = mean; over three steps, one state."""
+    bco, running = LOSSES.get("bco"), TRLRunningMoments()
+    state = bco.new_state()
+    for step in range(3):
+        sl = slice(step * 16, step * 16 + 16 + 4 * step)  # unequal batch sizes: the mean is count-weighted
+        p = SequenceLogps(rp.chosen[sl] + step, rp.chosen_tokens[sl], rp.rejected[sl], rp.rejected_tokens[sl],
+                          rp.ref_chosen[sl], rp.ref_rejected[sl])
+        chosen_rewards, rejected_rewards = 0.2 * (p.chosen - p.ref_chosen), 0.2 * (p.rejected - p.ref_rejected)
+        running.update(torch.cat((chosen_rewards, rejected_rewards), 0).detach())
+        delta = torch.as_tensor(running.mean, dtype=torch.float64)
+        expected = torch.cat((-F.logsigmoid(chosen_rewards - delta), -F.logsigmoid(-(rejected_rewards - delta)))).mean()
+        out = checked_call(bco, p, {"beta": 0.2}, state=state)
+        torch.testing.assert_close(out.loss, expected, rtol=1e-6, atol=1e-7)  # TRL's mean passes through float32
+        assert out.metrics["delta"] == pytest.approx(running.mean, rel=1e-6)
+    assert state.count == pytest.approx(2 * (16 + 20 + 24))
+    # outside training (no state passed) a call starts from a fresh state: nothing it computes persists
+    before = dict(state.state_dict())
+    bco(p, beta=0.2)
+    assert state.state_dict() == before
+
+
 def test_kto_matches_trl_given_the_same_kl(rp):
     """kto_trainer.py 1.16.0, loss_type kto: cat(w_D (1 - s(beta (r+ - kl))), w_U (1 - s(beta (kl - r-)))).mean()."""
     cr, rr = rp.chosen - rp.ref_chosen, rp.rejected - rp.ref_rejected
@@ -285,6 +375,8 @@ def test_gradients_match_closed_forms(rp):
     closed["orpo"] = ({}, -1 / nc.sum() - beta * (1 - s(lo)) / (1 - torch.exp(ac)) / nc / b,
                       beta * (1 - s(lo)) / (1 - torch.exp(ar)) / nr / b)
     closed["kto"] = ({"kl": "zero"}, -beta * ds(beta * cr) / (2 * b), beta * ds(-beta * rr) / (2 * b))
+    delta = float(beta * torch.cat([cr, rr]).mean())  # a fresh state: delta is this batch's mean reward, no gradient
+    closed["bco"] = ({}, -beta * (1 - s(beta * cr - delta)) / (2 * b), beta * s(beta * rr - delta) / (2 * b))
     for name, (extra, d_chosen, d_rejected) in closed.items():
         g_c, g_r = grads(name, rp, beta=beta, **extra)
         torch.testing.assert_close(g_c, d_chosen.double(), rtol=1e-9, atol=1e-14, msg=name)
@@ -315,9 +407,10 @@ def test_residual_is_the_chain_rule_through_every_loss(name):
     ref_c = lp_c + torch.randn(3, generator=g, dtype=torch.float64)
     ref_r = lp_r + torch.randn(3, generator=g, dtype=torch.float64)
     kw = dict(ref_chosen=ref_c, ref_rejected=ref_r) if loss.needs_reference else {}
-    out, g_c, g_r = residual_grads(loss, {}, zc, lc, zr, lr, **kw)
+    hparams = {"kl": "batch"} if name == "kto" else {}  # outside training no mismatched pairs are computed
+    out, g_c, g_r = residual_grads(loss, hparams, zc, lc, zr, lr, **kw)
     c, r = lp_c.clone().requires_grad_(True), lp_r.clone().requires_grad_(True)
-    inner = loss(SequenceLogps(c, n_c, r, n_r, kw.get("ref_chosen"), kw.get("ref_rejected")))
+    inner = loss(SequenceLogps(c, n_c, r, n_r, kw.get("ref_chosen"), kw.get("ref_rejected")), **hparams)
     d_c, d_r = torch.autograd.grad(inner.loss, [c, r], allow_unused=True)
     d_r = torch.zeros_like(r) if d_r is None else d_r
     torch.testing.assert_close(out.loss, inner.loss.detach(), rtol=0, atol=0)
@@ -368,7 +461,7 @@ def test_dry_run_names_the_bad_parameter_and_accepts_good_ones():
     smoke = str(Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml")
     bad = CliRunner().invoke(main, ["run", smoke, "--dry-run", "with", "stages.0.loss=kto", "stages.0.params.kl=sum"])
     assert bad.exit_code != 0
-    assert "stages[0].params.kl: must be one of batch, zero (got 'sum') (loss 'kto')" in bad.output
+    assert "stages[0].params.kl: must be one of mismatched, batch, zero (got 'sum') (loss 'kto')" in bad.output
     assert "Traceback" not in bad.output
     good = CliRunner().invoke(main, ["run", smoke, "--dry-run", "with", "stages.0.loss=ipo",
                                      "stages.0.params.per_token_mean=true"])
@@ -376,10 +469,25 @@ def test_dry_run_names_the_bad_parameter_and_accepts_good_ones():
     assert "per_token_mean: true" in good.output
 
 
+def test_loss_weights_length_is_checked_with_the_spec():
+    """trl_dpo: one weight per loss type, named at --dry-run, not at the first step."""
+    from pathlib import Path
+
+    smoke = str(Path(__file__).resolve().parent.parent / "experiments" / "smoke.yaml")
+    bad = CliRunner().invoke(main, ["run", smoke, "--dry-run", "with", "stages.0.loss=trl_dpo",
+                                    "stages.0.params.loss_type=sigmoid,sft", "stages.0.params.loss_weights=1,2,3"])
+    assert bad.exit_code != 0
+    assert ("stages[0].params.loss_weights: has 3 weights for 2 loss types ('sigmoid,sft'); give one weight per "
+            "type, or '' for all 1 (got '1,2,3') (loss 'trl_dpo')") in bad.output, bad.output
+    assert "Traceback" not in bad.output
+    assert LOSSES.get("trl_dpo").check_params({"loss_type": "sigmoid, sft", "loss_weights": "1, 0.5"}) == []
+    assert LOSSES.get("trl_dpo").check_params({"loss_type": "sigmoid, sft"}) == []  # '' = all 1
+
+
 # ---- the engine trains with them ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,params", [("kto", {}), ("orpo", {}), ("simpo", {"gamma": 0.5}), ("dpop", {}),
+@pytest.mark.parametrize("name,params", [("kto", {}), ("bco", {}), ("orpo", {}), ("simpo", {"gamma": 0.5}), ("dpop", {}),
                                          ("trl_dpo", {"loss_type": "apo_zero, sft", "loss_weights": "1, 0.5"})])
 def test_one_real_step_on_a_tiny_model_logs_trl_metrics(tiny_model_dir, authors_records, name, params):
     from ldreg.data.tokenize import TokenLimits, encode_preference

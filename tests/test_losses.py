@@ -284,14 +284,14 @@ def test_all_losses_register_through_the_entry_point():
     trl_names = ["aot", "aot_unpaired", "apo_down", "apo_zero", "bco_pair", "discopop", "exo_pair", "hinge",
                  "nca_pair", "robust", "sigmoid_norm"]
     assert losses.names() == sorted(["dpo", "extend_sft", "ipo", "sft", "slic", "spin", "sppo", "dpop", "simpo",
-                                     "cpo", "orpo", "kto", "trl_dpo", *trl_names])
+                                     "cpo", "orpo", "kto", "bco", "trl_dpo", *trl_names])
     assert all(r.plugin == "ldreg.losses" for r in losses.registrations())
     needs = {name: (losses.get(name).needs_rejected, losses.get(name).needs_reference)
              for name in losses.names()}
     assert needs == {"sft": (False, False), "extend_sft": (True, False), "dpo": (True, True),
                      "ipo": (True, True), "slic": (True, False), "sppo": (True, True),
                      "spin": (True, True), "dpop": (True, True), "simpo": (True, False), "cpo": (True, False),
-                     "orpo": (True, False), "kto": (True, True), "trl_dpo": (True, True),
+                     "orpo": (True, False), "kto": (True, True), "bco": (True, True), "trl_dpo": (True, True),
                      **{name: (True, True) for name in trl_names}}
     assert losses.get("spin").rejected_source == "generated"
     assert {n: losses.get(n).defaults.get("beta") for n in ("dpo", "ipo", "sppo", "spin")} == \

@@ -114,3 +114,22 @@ def test_compare_page_is_self_contained_with_the_differences(filled, tmp_path):
     assert text.count("vegaEmbed('#chart") == 3  # curves, influence, eNTK
     with pytest.raises(QueryError, match="one HTML page"):
         compare_runs([1], tmp_path / "cmp.png", db=filled)
+
+
+def test_the_vega_script_is_bundled_once_and_a_damaged_copy_is_replaced(tmp_path, monkeypatch):
+    """Bundling Vega takes seconds a page, so it is kept under LDREG_HOME by the installed
+    versions; a cached file that is not a whole bundle is bundled again and replaced."""
+    from ldreg.query import outputs
+
+    monkeypatch.setenv("LDREG_HOME", str(tmp_path))
+    outputs.inline_bundle.cache_clear()
+    try:
+        first = outputs.inline_bundle()  # bundled, then written
+        (cached,) = (tmp_path / "cache" / "vega").glob("bundle-*.js")
+        assert cached.read_text(encoding="utf-8") == first and "vegaEmbed" in first
+        cached.write_text("/* cut short */", encoding="utf-8")
+        outputs.inline_bundle.cache_clear()
+        assert outputs.inline_bundle() == first and cached.read_text(encoding="utf-8") == first
+        assert not list(cached.parent.glob("*.partial"))
+    finally:
+        outputs.inline_bundle.cache_clear()  # other tests' pages use their own LDREG_HOME's copy

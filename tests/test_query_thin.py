@@ -76,3 +76,44 @@ def test_a_line_over_half_the_axis_gets_half_the_pixels():
     assert len(thinned[thinned.line_id == "whole"]) <= 102
     assert len(thinned[thinned.line_id == "half"]) <= 52
     assert thinned[thinned.line_id == "half"]["mean"].max() == 1e3
+
+
+def _thin_line_by_line(frame, line, x, y, max_points):
+    """The plain reading of the rule, one line at a time: what ``thin_lines`` must keep, row for row."""
+    xs = frame[x].to_numpy(dtype=float)
+    span = float(np.nanmax(xs) - np.nanmin(xs)) if len(xs) else 0.0
+    keep = []
+    for _, rows in frame.groupby(line, sort=False):
+        own = float(rows[x].max() - rows[x].min())
+        share = max_points if span <= 0 else max(2, int(np.ceil(max_points * own / span)))
+        if len(rows) <= share:
+            keep.append(rows.index.to_numpy())
+            continue
+        rows = rows.sort_values(x, kind="stable")
+        values = rows[y].to_numpy(dtype=float)
+        chosen = {0, len(rows) - 1}
+        for part in np.array_split(np.arange(len(rows)), max(share // 2, 1)):
+            finite = part[np.isfinite(values[part])]
+            if finite.size:
+                chosen.update((int(finite[np.argmin(values[finite])]), int(finite[np.argmax(values[finite])])))
+        keep.append(rows.index.to_numpy()[sorted(chosen)])
+    return frame.loc[np.sort(np.concatenate(keep))] if keep else frame
+
+
+def test_thinning_all_lines_at_once_keeps_what_thinning_each_line_keeps():
+    rng = np.random.default_rng(3)
+    thinned = 0
+    for trial in range(20):
+        lines = int(rng.integers(1, 40))
+        sizes = rng.integers(1, 400 if trial % 2 else 3, size=lines)  # even trials: nothing to thin
+        frame = pd.DataFrame({
+            "line_id": np.repeat([f"l{k}" for k in range(lines)], sizes),
+            "x": np.concatenate([np.sort(rng.uniform(0, rng.uniform(1, 1e4), n)) for n in sizes]),
+            "mean": rng.normal(0, 1, int(sizes.sum()))})
+        frame.loc[rng.random(len(frame)) < 0.02, "mean"] = np.nan
+        frame = frame.sample(frac=1, random_state=trial).reset_index(drop=True)  # lines interleaved
+        width = int(rng.integers(20, 300))
+        got = thin_lines(frame, "line_id", "x", "mean", max_points=width)
+        pd.testing.assert_frame_equal(got, _thin_line_by_line(frame, "line_id", "x", "mean", width))
+        thinned += len(got) < len(frame)
+    assert 0 < thinned < 20  # both paths taken: frames with lines to thin, and frames without

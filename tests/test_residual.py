@@ -259,7 +259,8 @@ def test_every_registered_loss_has_a_residual(pair_batch, name):
     extra = dict(ref_chosen=ref_c, ref_rejected=ref_r) if loss.needs_reference else {}
     if not loss.needs_rejected:
         batch = {k: v for k, v in batch.items() if k.startswith("chosen")}
-    res = residual_from_logits(loss, {}, **batch, **extra)
+    hparams = {"kl": "batch"} if name == "kto" else {}  # outside training no mismatched pairs are computed
+    res = residual_from_logits(loss, hparams, **batch, **extra)
     assert torch.isfinite(res.token_norm).all() and (res.norm >= 0).all()
     assert torch.isfinite(res.output.loss)
 
@@ -351,3 +352,27 @@ def collate_both(chosen, rejected):
     return Batch(torch.cat([pad(chosen.input_ids, 0), pad(rejected.input_ids, 0)]),
                  torch.cat([pad(chosen.attention_mask, 0), pad(rejected.attention_mask, 0)]),
                  torch.cat([pad(chosen.labels, IGNORE), pad(rejected.labels, IGNORE)]))
+
+
+@pytest.mark.parametrize("name, params, coupled", [("dpo", {}, False), ("sft", {}, False),
+                                                   ("cpo", {"cpo_alpha": 1.0}, True), ("aot", {}, True)])
+def test_per_example_residual_is_its_own_only_for_means_of_per_example_terms(pair_batch, name, params, coupled):
+    """residual.py's docstring: B dL/dz_i is example i's own residual when the batch loss is a mean of
+    per-example terms; CPO's batch-token-mean NLL and AOT's sorting make it depend on the others.
+    Only example 2 is changed (a longer y+, a reference far off); example 0's G is compared."""
+    batch, ref_c, ref_r = pair_batch
+    loss = LOSSES.get(name)
+    if not loss.needs_rejected:
+        batch = {k: v for k, v in batch.items() if k.startswith("chosen")}
+
+    def g0(batch, ref_c):
+        extra = dict(ref_chosen=ref_c, ref_rejected=ref_r) if loss.needs_reference else {}
+        return residual_grads(loss, params, **batch, **extra)[1][0]
+
+    longer = dict(batch, chosen_labels=batch["chosen_labels"].clone())
+    longer["chosen_labels"][2, -1] = 4  # example 2's y+ gains a token
+    shifted = [ref_c.clone() + torch.tensor([0.0, 0.0, d], dtype=torch.float64) for d in (-1000.0, 1000.0)]
+    base = g0(batch, ref_c)
+    changed = [not torch.allclose(base, g0(longer, ref_c), rtol=0, atol=1e-12)]
+    changed += [not torch.allclose(base, g0(batch, r), rtol=0, atol=1e-12) for r in shifted]
+    assert any(changed) == coupled, changed

@@ -80,15 +80,24 @@ def test_round_trip_through_the_database(db):
     assert ("run_id", "kind", "response_type", "step") in names and ("run_id", "kind", "probe_set", "step") in names
 
 
-def test_mongoengine_reads_what_the_sink_writes(mongo_client, db):
+def test_mongoengine_reads_what_the_sink_writes(mongo_server, mongo_client, db):
+    """Through an alias of its own: ldreg's ``default`` connection, which an earlier in-process CLI
+    test leaves registered to another database, is neither needed nor disturbed (order-independent)."""
     from mongoengine import connect, disconnect
+    from mongoengine.context_managers import switch_db
 
+    from ldreg.store import connection
+
+    connection.connect(mongo_server.url, "elsewhere")  # as an earlier in-process CLI test leaves it
     db[COLLECTION].insert_one(bucket_from_observation(9, _obs(update_type="sft_chosen")))
-    connect(db=db.name, host=mongo_client.address[0], port=mongo_client.address[1], alias="default",
+    alias = f"reader-{db.name}"
+    connect(db=db.name, host=mongo_client.address[0], port=mongo_client.address[1], alias=alias,
             uuidRepresentation="standard")
     try:
-        bucket = ObservationBucket.objects.get(run_id=9)
+        with switch_db(ObservationBucket, alias) as Bucket:
+            bucket = Bucket.objects.get(run_id=9)
         assert bucket.update_type == "sft_chosen" and bucket.info == {"seq_len": 12}
         assert bucket.values["logp_sum"] == [-1.5, -2.25, -3.0]
     finally:
-        disconnect("default")
+        disconnect(alias)
+        connection.disconnect()

@@ -157,3 +157,79 @@ def test_killing_the_server_mid_stream_loses_nothing_and_duplicates_nothing(tmp_
     finally:
         client.close()
         server.stop()
+
+
+class _BatchRecordingSink(StoreSink):
+    """A real StoreSink that also notes the size of each batch it inserts."""
+
+    def __init__(self, *args, **kwargs):
+        self.batches: list[int] = []
+        super().__init__(*args, **kwargs)
+
+    def _insert(self, batch):
+        self.batches.append(len(batch))
+        super()._insert(batch)
+
+
+def test_the_writer_takes_what_is_ready_never_more_than_a_batch(db, tmp_path):
+    observations = [_obs(i) for i in range(120)]
+    with _BatchRecordingSink(8, db, spool_path=tmp_path / "s.jsonl", batch_size=16, queue_size=8) as sink:
+        for obs in observations:
+            sink.emit(obs)
+    assert sum(sink.batches) == 120 and max(sink.batches) <= 16
+    assert sink.counts.stored == 120 and sink.thread_cpu_s > 0
+    _assert_stored_exactly(db, 8, observations)
+
+
+def test_the_indexes_exist_before_the_first_observation(db, tmp_path):
+    """The writer creates them as it starts, while the first observations are being converted."""
+    sink = StoreSink(9, db, spool_path=tmp_path / "s.jsonl")
+    try:
+        _wait_for(lambda: len(db[COLLECTION].index_information()) >= 3)  # _id and the two bucket indexes
+        assert db[COLLECTION].count_documents({}) == 0
+    finally:
+        sink.close()
+
+
+def test_spooled_buckets_keep_their_types_through_the_raw_documents(db, tmp_path):
+    """Documents travel as encoded BSON; through the spool they must come back field for field."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_url = f"mongodb://127.0.0.1:{s.getsockname()[1]}"
+    observations = [_obs(i) for i in range(6)]
+    sink = StoreSink(10, open_client(dead_url, timeout_s=0.2)[db.name], spool_path=tmp_path / "run-10.jsonl",
+                     retry_interval_s=0.1, final_wait_s=0.2)
+    for obs in observations:
+        sink.emit(obs)
+    assert sink.close().left == 6
+    flush_spools(db, tmp_path)
+    direct = StoreSink(11, db, spool_path=tmp_path / "run-11.jsonl")
+    for obs in observations:
+        direct.emit(obs)
+    direct.close()
+    by_run = {run: sorted(db[COLLECTION].find({"run_id": run}, {"_id": 0, "run_id": 0}),
+                          key=lambda d: (d["step"], d["response_type"])) for run in (10, 11)}
+    for a, b in zip(by_run[10], by_run[11], strict=True):
+        a_created, b_created = a.pop("created"), b.pop("created")
+        assert a == b and type(a_created) is type(b_created)
+
+
+@pytest.mark.slow
+def test_the_benchmarks_dropping_side_runs_the_same_run_and_stores_no_observation(mongo_url, mongo_client, monkeypatch):
+    """bench_store (d) times a real run with a sink that stores nothing: the run itself must be whole
+    (same observations emitted, Sacred's record COMPLETED) and the store must hold none of them."""
+    from pathlib import Path
+
+    from ldreg import spec as specs
+    from ldreg.observations import ListSink
+    from ldreg.runner import run_experiment
+
+    monkeypatch.setenv("LDREG_DB", "dropping")
+    smoke = Path(__file__).resolve().parents[1] / "experiments" / "smoke.yaml"
+    spec = specs.load(smoke, ["name=dropping", "probing.entk=null", "stages.0.epochs=1"])
+    made: list[ListSink] = []
+    run = run_experiment(spec, progress=False, sink_factory=lambda run_id: made.append(ListSink()) or made[-1])
+    db = mongo_client["dropping"]
+    assert len(made) == 1 and run.result["observations"] == len(made[0].observations) > 0
+    assert db[COLLECTION].count_documents({"run_id": run.run_id}) == 0
+    assert db["runs"].find_one({"_id": run.run_id})["status"] == "COMPLETED"

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,8 @@ QUICK = ["stages.0.epochs=1", "probing.influence=null", "probing.entk=null"]
 
 
 @pytest.fixture
-def sweep_db(mongo_url, mongo_client, monkeypatch):
-    """A fresh database for the sweep, short heartbeats (claims expire in 4 beats), one thread per worker."""
-    name = f"sweep_{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("LDREG_DB", name)
-    monkeypatch.setenv("LDREG_HEARTBEAT_S", "0.5")
-    from ldreg.store import connection
-
-    connection.disconnect()
-    yield mongo_client[name]
-    connection.disconnect()
-    mongo_client.drop_database(name)
+def sweep_db(ldreg_db):
+    return ldreg_db
 
 
 def _completed_per_config(db, sweep_id: str) -> dict[int, int]:
@@ -248,7 +238,7 @@ def test_a_query_selects_a_sweeps_runs_by_its_tag():
     spec = load(REPO / "queries" / "loss-comparison.yaml", ["sweep=losses-1a2b3c4d"])
     assert spec.select.sweep == "losses-1a2b3c4d"
     assert {"meta.tags": "sweep:losses-1a2b3c4d"} in run_filters(spec.select).values()
-    assert spec.chart.color == "stages.1.loss" and spec.aggregate.seeds
+    assert spec.chart.color == "stages.1.loss" and spec.chart.dash == "seed"  # one line per run: loss and seed
 
 
 def test_claims_are_exclusive_expire_with_their_lease_and_failed_configs_requeue(sweep_db):

@@ -11,6 +11,10 @@ knows which dataset it came from.
   content of the last assistant message.
 - ``jsonl``: TRL's names ``prompt``/``chosen``/``rejected`` as strings; an optional
   ``chosen_prob`` (soft preference label) is kept in ``extras``.
+- ``unpaired``: TRL's unpaired preference rows ``prompt``/``completion`` (strings) and ``label``
+  (true: desirable, false: undesirable), for KTO and BCO. Each row is one example holding its
+  completion in ``chosen`` (``rejected`` empty) and ``extras["label"]``; ``ldreg.data.unpaired``
+  says how such data is trained and probed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ldreg.data.errors import DataError
 from ldreg.errors import preview
 from ldreg.responses import PreferenceExample
 
-FORMATS = ("auto", "hh", "ultrafeedback", "jsonl")
+FORMATS = ("auto", "hh", "ultrafeedback", "jsonl", "unpaired")
 ASSISTANT = "\n\nAssistant:"
 HUB_FORMATS = {"anthropic/hh-rlhf": "hh", "huggingfaceh4/ultrafeedback_binarized": "ultrafeedback"}
 # UltraFeedback binarized names its preference splits train_prefs/test_prefs.
@@ -113,13 +117,28 @@ def example_from_jsonl(row: Mapping[str, Any], index: int, where: str = "") -> P
     return PreferenceExample(index, row["prompt"], row["chosen"], row["rejected"], extras)
 
 
-CONVERTERS = {"hh": example_from_hh, "ultrafeedback": example_from_ultrafeedback, "jsonl": example_from_jsonl}
+def example_from_unpaired(row: Mapping[str, Any], index: int, where: str = "") -> PreferenceExample:
+    """TRL's unpaired row: prompt, completion and a bool label (true = desirable)."""
+    where = where or f"row {index}"
+    _require(row, ("prompt", "completion", "label"), "unpaired", where, text=("prompt", "completion"))
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise DataError(f"{where}: field 'label' must be true (desirable) or false (undesirable), "
+                        f"got {_kind(label)} {preview(label, 40)}; write it as a JSON boolean")
+    return PreferenceExample(index, row["prompt"], row["completion"], "", {"label": label})
+
+
+CONVERTERS = {"hh": example_from_hh, "ultrafeedback": example_from_ultrafeedback, "jsonl": example_from_jsonl,
+              "unpaired": example_from_unpaired}
 
 
 def detect_format(row: Mapping[str, Any], where: str = "row 0") -> str:
     """Guess the format from one row's fields (and types); a row that is nearly a format gets that
     format's own message (which field is missing), not a shrug."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
+    if "completion" in row or ("label" in row and "chosen" not in row):
+        _require(row, ("prompt", "completion", "label"), "unpaired", where, text=("prompt", "completion"))
+        return "unpaired"
     if "prompt" not in row and any(isinstance(r, str) and ASSISTANT in r for r in (chosen, rejected)):
         _require(row, ("chosen", "rejected"), "hh", where, text=("chosen", "rejected"))
         return "hh"
@@ -130,7 +149,8 @@ def detect_format(row: Mapping[str, Any], where: str = "row 0") -> str:
         return "jsonl"
     raise DataError(
         f"{where}: cannot tell the dataset format from fields {', '.join(sorted(map(str, row)))[:200] or 'none'}; "
-        f"expected prompt/chosen/rejected strings, HH dialogues or UltraFeedback message lists; "
+        f"expected prompt/chosen/rejected strings, prompt/completion/label (unpaired), HH dialogues or "
+        f"UltraFeedback message lists; "
         f"fix the row or set data.format ({', '.join(FORMATS[1:])})"
     )
 
@@ -261,6 +281,10 @@ def iter_preferences(source: str | Path, format: str = "auto", split: str = "tra
     for index, where, row in _rows(source, split, data_dir, limit):
         if fmt is None:
             fmt = detect_format(row, where)
+        elif (fmt == "unpaired") != ("completion" in row) and format == "auto":
+            raise DataError(f"{where}: mixes {'unpaired rows (prompt/completion/label)' if fmt == 'unpaired' else 'pairs'} "
+                            f"with {'pairs' if fmt == 'unpaired' else 'unpaired rows (prompt/completion/label)'} "
+                            f"(row 0 set the format to {fmt!r}); keep one kind per data set")
         yield CONVERTERS[fmt](row, index, where)
 
 
@@ -285,10 +309,15 @@ def _rows(source: str | Path, split: str, data_dir: str | None, limit: int | Non
 
 
 def write_jsonl(examples, path: str | Path) -> Path:
-    """Write examples as TRL-style JSON lines (prompt/chosen/rejected + extras), e.g. for tests."""
+    """Write examples as TRL-style JSON lines (prompt/chosen/rejected + extras; unpaired examples as
+    prompt/completion/label), e.g. for tests."""
     path = Path(path)
     with path.open("w", encoding="utf-8") as f:
         for ex in examples:
+            if "label" in ex.extras:
+                f.write(json.dumps({"prompt": ex.prompt, "completion": ex.chosen, "label": ex.extras["label"]},
+                                   ensure_ascii=False) + "\n")
+                continue
             f.write(json.dumps({"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected,
                                 **ex.extras}, ensure_ascii=False) + "\n")
     return path

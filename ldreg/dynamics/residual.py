@@ -6,10 +6,15 @@ logits the trainer already has (for the updating batch), re-derives the log-prob
 copy, evaluates the loss, and differentiates with respect to the logits alone: no model, no
 parameter gradients, and the trainer's own graph is never touched.
 
-Scaling: autograd gives G of the *batch* loss. Every built-in loss is the mean over the batch of
-per-example terms l_i, and example i's logits enter only l_i, so dL/dz_i = (1/B) dl_i/dz_i.
-The summaries are reported per example (multiplied by B) unless ``per_example=False``.
-For ``extend_sft`` (a mean over 2B sequences) the per-example G is therefore (pi - e_y)/2.
+Scaling: autograd gives G of the *batch* loss, and the summaries are reported per example
+(multiplied by B) unless ``per_example=False``. For most built-in losses (SFT, DPO, IPO, SLiC,
+...) the batch loss is the mean of per-example terms l_i, example i's logits enter only l_i, and
+so B dL/dz_i = dl_i/dz_i: example i's own residual. For ``extend_sft`` (a mean over 2B
+sequences) that is (pi - e_y)/2. Not every loss is such a mean: CPO's and ORPO's NLL term is
+averaged over all y+ tokens of the batch (example i's share scales with its token count over the
+batch's), and AOT's sorts the batch's margins (example i's G is that of the sorted term its margin
+landed in, so it depends on the other examples). For those, B dL/dz_i is example i's part of
+the gradient the step applies, not the residual of a loss of example i alone.
 
 The closed forms of docs/math.md §4 for SFT, DPO and IPO are here too, for tests and docs; they
 return dL/dz of the batch-mean loss, aligned with the (unshifted) logits, zero off the response.

@@ -276,8 +276,8 @@ class LdregCallback(TrainerCallback):
             self.sink.emit(obs)
 
     def _extras(self, model) -> list[Observation]:
-        """Influence and eNTK on their own schedules, as in an ldreg run (``runner._due``)."""
-        from ldreg.runner import _due
+        """Influence and eNTK on their own schedules, as in an ldreg run (``runner.extras_due``)."""
+        from ldreg.runner import extras_due
 
         first = next(iter(self.probe_sets.values()))
         c = self.clock
@@ -285,7 +285,7 @@ class LdregCallback(TrainerCallback):
                      probe_set=first.name)
         out: list[Observation] = []
         spec = self.probing
-        if spec.influence and _due(spec.influence.every, c, self._probed_at):
+        if spec.influence and extras_due(spec.influence.every, c, self._probed_at):
             from ldreg.dynamics.influence import influence, influence_observations
 
             n = spec.influence.n
@@ -294,7 +294,7 @@ class LdregCallback(TrainerCallback):
                                observes=list(subset), lr=spec.influence.lr, mode=spec.influence.mode,
                                pad_id=self.pad_id, max_tokens_per_batch=spec.max_tokens_per_batch)
             out += influence_observations(result, first.example_ids[:n], **where)
-        if spec.entk and _due(spec.entk.every, c, self._probed_at):
+        if spec.entk and extras_due(spec.entk.every, c, self._probed_at):
             from ldreg.dynamics.entk import entk_observation, sequence_entk
 
             n, rtype = spec.entk.n, spec.entk.response_type
@@ -306,7 +306,7 @@ class LdregCallback(TrainerCallback):
 
     def finish(self) -> dict[str, Any]:
         """Store every observation, then record the run COMPLETED (called after the last trainer)."""
-        from ldreg.runner import ObservationsNotStored, _not_stored_message
+        from ldreg.runner import ObservationsNotStored, not_stored_message
 
         atexit.unregister(self.abandon)
         counts = self.sink.close()
@@ -316,7 +316,7 @@ class LdregCallback(TrainerCallback):
                   "seconds": round(time.perf_counter() - self._started, 3)}
         inner = self.sink.inner
         if counts is not None and (counts.lost or counts.rejected):
-            error = ObservationsNotStored(_not_stored_message(self.run.run_id, self.sink.count, counts, inner, None))
+            error = ObservationsNotStored(not_stored_message(self.run.run_id, self.sink.count, counts, inner, None))
             self.run.fail(error)
             raise error
         if counts is not None and counts.left:  # the database is down: `ldreg db flush` finishes the run

@@ -266,3 +266,58 @@ def prediction_and_degeneration_figures(report: Report, db, run_ids: Sequence[in
         report.add("Does the model's own text become repetitive during training? (the paper's Section 4.2 and Figure 23, after Holtzman et al. 2020)",
                    degeneration_chart(texts), "long DPO makes outputs repetitive: the repeated-n-gram rate rises "
                    "and distinct-n and the token entropy fall.", shows, generations_html(texts))
+
+
+def winrate_section(db, ext_ids: Sequence[int], base_ids: Sequence[int], words: str,
+                    judge_model: str = "smollm2-135m", n: int | None = None) -> tuple[str, Any, str, str, str]:
+    """(title, chart, predicts, shows, numbers) of the win-rate figure: extend's answers against the
+    baseline's, seed by seed, judged by a local HF model in both orders, beside the judge's own check
+    on the test pairs (how often it prefers y+ to y-, and how often its choice follows the order)."""
+    import altair as alt
+
+    from ldreg.judging.winrate import win_rate
+    from ldreg.registry import _label, get_plugins
+
+    registry = get_plugins().judges
+    judge, r = registry.get("hf"), registry.registration("hf")
+    result = win_rate(db, judge, judge.settings({"model": judge_model}), list(ext_ids), list(base_ids), n=n,
+                      origin=_label(r.plugin, r.distribution, r.version))
+    o, s = result.overall, result.sanity
+
+    def pct(x: float) -> str:
+        return "n/a" if x != x else f"{x:.0%}"
+
+    rows = [{"comparison": f"extend #{p['run_a']} vs baseline #{p['run_b']}", "outcome": k, "count": p[k]}
+            for p in result.pairs for k in ("wins", "ties", "losses")]
+    rows += [{"comparison": "judge check: y+ vs y- (test pairs)", "outcome": k, "count": s[v]}
+             for k, v in (("wins", "agree"), ("ties", "undecided"), ("losses", "contradict"))]
+    rows += [{"comparison": "judge check: y+ vs y- (test pairs)", "outcome": "ties",
+              "count": round(s["flip_rate"] * s["n"])}]
+    chart = alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
+        y=alt.Y("comparison:N", title=None, sort=None),
+        x=alt.X("sum(count):Q", title="prompts (each judged in both orders)"),
+        color=alt.Color("outcome:N", sort=["wins", "ties", "losses"], title="outcome (check: win = agrees with the data)",
+                        scale=alt.Scale(domain=["wins", "ties", "losses"], range=["#2a9d8f", "#bbbbbb", "#e76f51"])),
+        tooltip=["comparison", "outcome", "sum(count):Q"],
+    ).properties(width=420, height=30 * (len(result.pairs) + 1))
+    interval = f"[{pct(max(o['ci95'][0], 0.0))}, {pct(min(o['ci95'][1], 1.0))}]" if o["ci95"][0] == o["ci95"][0] else "n/a"
+    weak = (f"the judge, SmolLM2-135M-Instruct, is weak: on the test pairs' own y+ against y- it agreed with the "
+            f"data set in both orders {pct(s['agreement'])} of {s['n']} pairs, contradicted it {pct(s['contradiction'])}, "
+            f"and its choice followed the position rather than the text (the same letter in both orders) in "
+            f"{pct(s['flip_rate'])}; every such flip is a tie here, so this win rate says little about quality")
+    shows = (f"extend's answers against the baseline's: {o['wins']} wins, {o['ties']} ties, {o['losses']} losses over "
+             f"{o['n']} prompts; win rate (a tie counts half) {pct(o['win_rate'])}, 95% interval {interval} over "
+             f"{o['interval_over']}; position flips on the answers {pct(o['flip_rate'])} | {weak}")
+    numbers = ("<details><summary>The numbers behind this figure</summary><table><tr><th>extend</th><th>baseline</th>"
+               "<th>prompts</th><th>wins</th><th>ties</th><th>losses</th><th>win rate</th><th>flips</th></tr>"
+               + "".join(f"<tr><td>#{p['run_a']}</td><td>#{p['run_b']}</td><td>{p['n']}</td><td>{p['wins']}</td>"
+                         f"<td>{p['ties']}</td><td>{p['losses']}</td><td>{pct(p['win_rate'])}</td>"
+                         f"<td>{pct(p['flip_rate'])}</td></tr>" for p in result.pairs)
+               + f"</table><p class='note'>Each run's final model answered the same held-out prompts (spec "
+               f"<code>answers:</code>; kind <code>answers</code> in <code>observations</code>); verdicts are in the "
+               f"<code>judgements</code> collection. {result.judged} comparisons judged, {result.reused} reused. "
+               f"Redo with <code>ldreg winrate {','.join(map(str, ext_ids))} {','.join(map(str, base_ids))}</code>; "
+               f"docs/winrate.md says what the numbers mean.</p></details>")
+    return (f"Is extend's final model preferred to the baseline's by a pairwise judge? (Table 1; {words})", chart,
+            "the paper's Table 1: judged pairwise by a strong model, extend's responses win more often than the "
+            "baseline's after DPO.", shows, numbers)

@@ -13,12 +13,13 @@ import html
 from pathlib import Path
 from typing import Sequence
 
-from ldreg.query import outputs
+from ldreg.query import outputs, writeback
+from ldreg.query import rows as summary_rows
 from ldreg.query.charts.curves import curves_chart
 from ldreg.query.charts.heatmaps import entk_heatmap, influence_heatmap
 from ldreg.query.errors import QueryError
 from ldreg.query.labels import differing_keys, flatten, run_labels
-from ldreg.query.frame import curves_frame, ensure_summaries, entk_matrix
+from ldreg.query.frame import curves_frame, entk_matrix, summaries
 from ldreg.query.pipeline import Aggregation, Pick, recorded
 from ldreg.query.select import RunInfo, select_runs
 from ldreg.store.collections import OBSERVATIONS
@@ -60,13 +61,13 @@ def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
 
     probes = recorded(db, run_ids, "probe")
     if probes.quantities:
-        ensure_summaries(db, runs, "probe", "logp_sum")
-        probes = recorded(db, run_ids, "probe", "logp_sum")
+        fetched = {("probe", "logp_sum"): summaries(db, runs, "probe", "logp_sum", defer=True)[1]}
+        probes = summary_rows.recorded_in(fetched["probe", "logp_sum"], probes)
         probe_set = _probe_set(probes)
         picks = [Pick(response_types=sorted(probes.response_types), probe_set=probe_set)]
         if "argmax_logp" in probes.quantities and "chosen" in probes.response_types:
             picks.append(Pick(quantity="argmax_logp", response_types=["chosen"], probe_set=probe_set))
-        frame = curves_frame(db, runs, picks, Aggregation(align=align), check=False)
+        frame = curves_frame(db, runs, picks, Aggregation(align=align), check=False, fetched=fetched)
         if not frame.empty:
             blocks.append("<h2>Log-probability of each response type</h2>")
             blocks.append(curves_chart(frame, color="run", facet="series", align=align, columns=4, width=230, height=160,
@@ -98,4 +99,5 @@ def compare_runs(ids: Sequence[int], out: str | Path, db=None) -> Path:
     title = "Comparing runs " + ", ".join(f"#{r.id}" for r in runs)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(outputs.page(title, blocks, intro))
+    writeback.wait()  # the summaries copied while the page was drawn are stored, or the error is raised
     return path

@@ -11,7 +11,7 @@ from typing import Sequence
 import altair as alt
 import pandas as pd
 
-from ldreg.query import outputs
+from ldreg.query import outputs, writeback
 from ldreg.query.charts.curves import curves_chart
 from ldreg.query.charts.heatmaps import entk_heatmap, influence_heatmap
 from ldreg.query.errors import QueryError
@@ -87,9 +87,20 @@ def build(spec: QuerySpec, db=None) -> tuple[alt.TopLevelMixin, pd.DataFrame]:
         dash = dash.removeprefix("config.")
     subtitle = [line for line in (c.subtitle, band_line(frame, spec) if c.band else None,
                                   seeds_line(runs, spec.aggregate.seeds)) if line]
+    marks = None
+    if spec.events is not None:  # the runs' alarms as vertical rules (ldreg.query.events)
+        from ldreg.query.events import event_marks_frame, events_line
+        from ldreg.store.events import find_events
+
+        sets = [p.probe_set for p in spec.observe]
+        observed = [] if None in sets else sets  # a pick of every probing set: every set's alarms
+        found = [e for e in find_events([r.id for r in runs], db=db) if spec.events.keep(e, observed)]
+        marks, left_out = event_marks_frame(found, frame, x=c.x, columns=(color, c.facet))
+        subtitle.append(events_line(marks, left_out))
     chart = curves_chart(frame, color=color, facet=c.facet, x=c.x, y=c.y, band=c.band, columns=c.columns,
                          align=spec.aggregate.align, title=title, subtitle=subtitle, order=c.order,
-                         width=c.width, height=c.height, dashes=dash)
+                         width=c.width, height=c.height, dashes=dash, events=marks,
+                         event_labels=spec.events.label if spec.events else True)
     return chart, frame
 
 
@@ -138,4 +149,5 @@ def run_query(spec_path: str | Path, out: str | Path | None = None, overrides: S
     where = outputs.targets(out, spec.name, spec.formats)
     chart, frame = build(spec, db)
     outputs.write(chart, frame, where)
+    writeback.wait()  # the summaries copied while drawing are stored, or the error is raised
     return next(iter(where.values())) if len(where) == 1 and out.suffix else out

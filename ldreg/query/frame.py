@@ -28,8 +28,11 @@ from ldreg.query.errors import QueryError
 from ldreg.query.labels import run_labels, seed_groups
 from ldreg.query.names import difference_label, label_of, response_labels
 from ldreg.query.paired import ensure_derived
-from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, anchors_pipeline, copy_summaries,
-                                  curve_pipeline, recorded, shift_x, summarise_pipeline)
+from ldreg.query import rows as summary_rows
+from ldreg.query import writeback
+from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, anchors_pipeline, curve_pipeline,
+                                  derived_key, read_summaries, recorded, shift_x, store_summaries,
+                                  summarise_pipeline)
 from ldreg.query.select import RunInfo
 from ldreg.store.collections import STATS_SUMMARISED
 from ldreg.errors import closest  # not ldreg.registry: that imports torch
@@ -102,13 +105,18 @@ def _kinds(db, ids: Sequence[int]) -> list[str]:
         {"$match": {"run_id": {"$in": list(ids)}}}, {"$group": {"_id": "$kind"}}]))
 
 
-def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", summarised: bool = False) -> None:
+def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", summarised: bool = False,
+               rows: Sequence[dict] | None = None) -> None:
     """Raise QueryError naming what the pick asks for and no selected run recorded.
 
-    Before summarising: the kind and the quantity (from one bucket); after: the rest.
+    Before summarising: the kind and the quantity (from one bucket); after: the rest, from the
+    runs' summaries (``rows``, fetched once by ``ldreg.query.rows.fetch``, or grouped in the server).
     """
     ids = [r.id for r in runs]
-    have = recorded(db, ids, pick.kind, pick.quantity if summarised else None)
+    if summarised and rows is not None:
+        have = summary_rows.recorded_in(rows, recorded(db, ids, pick.kind))
+    else:
+        have = recorded(db, ids, pick.kind, pick.quantity if summarised else None)
     run_list = ", ".join(f"#{i}" for i in ids)
     if not have.quantities:
         raise QueryError(f"{where}.kind: no selected run ({run_list}) recorded {pick.kind!r} observations; "
@@ -153,7 +161,16 @@ def _sealed(db, runs: Sequence[RunInfo]) -> dict[int, Any]:
 
 
 def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> int:
-    """Summarise every bucket of these runs not summarised yet; return how many.
+    """Summarise every bucket of these runs not summarised yet, stored when this returns; return
+    how many (``summaries``)."""
+    return summaries(db, runs, kind, quantity)[0]
+
+
+def summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str, defer: bool = False
+              ) -> tuple[int, list[dict]]:
+    """Summarise every bucket of these runs not summarised yet; return how many, and the runs'
+    plain summaries: those copied just now as they are, the rest fetched (``ldreg.query.rows``).
+    ``defer``: store the copies on a thread while the caller draws (``ldreg.query.writeback``).
 
     Buckets carry their summaries (written with them), which are copied; older buckets are
     reduced in the server. A run is recounted (counting touches every bucket of the run) unless
@@ -161,47 +178,89 @@ def ensure_summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str) -> i
     spool flush after the run ended or by a resumed run, are summarised too, and only the new
     buckets are.
     """
+    writeback.wait()  # a copy still being stored would race with the deletes and marks below
     stats, marks = db[STATS], db[SUMMARISED]
     known = {m["_id"]: m for m in marks.find({"_id": {"$in": [f"{r.id}|{kind}|{quantity}" for r in runs]}})}
     sealed = _sealed(db, runs)
     if any(not (k in known and known[k].get("sealed")) for k in (f"{r.id}|{kind}|{quantity}" for r in runs)):
         stats.create_index(["run_id", "kind", "quantity", "response_type", "step"])  # before the deletes below
-    done = 0
+    done, rows, deferred = 0, [], []
     for run in runs:
         key = f"{run.id}|{kind}|{quantity}"
         mark = known.get(key)
         fresh = mark is not None and mark.get("run_start") == run.start_time
         if fresh and mark.get("sealed") and run.id in sealed and mark.get("stop_time") == sealed[run.id]:
+            rows.extend(summary_rows.fetch(db, [run.id], kind, quantity))
             continue  # sealed then and unchanged since: no bucket can have been added
         mine = {"run_id": run.id, "kind": kind, "quantity": quantity, "derived": None}  # not paired.py's
         if not fresh:
             stats.delete_many(mine)
         have = mark.get("buckets", 0) if fresh else 0
-        total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
+        copied: list[dict] = []
+        if have:
+            total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
+        else:  # nothing summarised yet: every bucket is read, and counted as it is read
+            copied, total = read_summaries(db, run.id, kind, quantity, run.start_time, [])
+        later = False
         if total != have:
-            skip = [d["bucket"] for d in stats.find(mine, {"bucket": 1, "_id": 0})] if have else []
-            copied = copy_summaries(db, run.id, kind, quantity, run.start_time, skip)
+            if have:
+                skip = [d["bucket"] for d in stats.find(mine, {"bucket": 1, "_id": 0})]
+                copied = read_summaries(db, run.id, kind, quantity, run.start_time, skip)[0]
+            else:
+                skip = []
+            later = defer and have + len(copied) == total
+            if not later:
+                store_summaries(db, copied)
             if have + len(copied) < total:  # buckets stored without their summary: reduced in the server
                 list(db[OBSERVATIONS].aggregate(summarise_pipeline(run.id, kind, quantity, run.start_time,
-                                                                   skip + copied), allowDiskUse=True))
+                                                                   skip + [d["bucket"] for d in copied]),
+                                                allowDiskUse=True))
             done += total - have
+        if later:  # stored on a thread: the summaries stored before, and the copies
+            rows.extend((summary_rows.fetch(db, [run.id], kind, quantity) if have else []) + copied)
+        elif not have and len(copied) == total:
+            rows.extend(copied)  # every summary of the run was copied just now: none to read back
+        else:
+            rows.extend(summary_rows.fetch(db, [run.id], kind, quantity))
         # sealed: read before counting, so a run that completed meanwhile is recounted next time
-        marks.replace_one({"_id": key}, {"_id": key, "buckets": total, "run_start": run.start_time,
-                                         "sealed": run.id in sealed, "stop_time": sealed.get(run.id)}, upsert=True)
-    return done
+        mark = {"_id": key, "buckets": total, "run_start": run.start_time, "sealed": run.id in sealed,
+                "stop_time": sealed.get(run.id)}
+        if later:
+            deferred.append((copied, mark))
+        else:
+            marks.replace_one({"_id": key}, mark, upsert=True)
+    if deferred:
+        writeback.later(_store_and_mark, db, deferred)
+    return done, rows
 
 
-def _anchors(db, runs: Sequence[RunInfo], pick: Pick, align: int | str) -> dict[tuple[int, int | None], float]:
+def _store_and_mark(db, deferred: Sequence[tuple[list[dict], dict]]) -> None:
+    """Each run's copied summaries, then its mark: a run is marked only once its summaries are stored."""
+    for docs, mark in deferred:
+        store_summaries(db, docs)
+        db[SUMMARISED].replace_one({"_id": mark["_id"]}, mark, upsert=True)
+
+
+def _anchors(db, runs: Sequence[RunInfo], pick: Pick, align: int | str, rows: Sequence[dict] | None = None
+             ) -> dict[tuple[int, int | None], float]:
+    """Where x = 0 is for each run (or run and stage): from the fetched ``rows`` when given."""
     per_stage = align == "stage"
     anchor_stage = None if per_stage else _stage_anchor(runs, align)
+    if rows is not None:
+        return summary_rows.anchors(rows, anchor_stage)
     rows = db[STATS].aggregate(anchors_pipeline([r.id for r in runs], pick.kind, pick.quantity, anchor_stage))
     return {(row["_id"]["run"], row["_id"]["stage"] if per_stage else None): row["start"] for row in rows
             if per_stage or anchor_stage.get(row["_id"]["run"]) == row["_id"]["stage"]}
 
 
 def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation: Aggregation | None = None,
-                 check: bool = True) -> pd.DataFrame:
-    """The tidy frame of every pick over the selected runs, aggregated in the database."""
+                 check: bool = True, fetched: dict[tuple[str, str], list[dict]] | None = None) -> pd.DataFrame:
+    """The tidy frame of every pick over the selected runs, from their per-bucket summaries.
+
+    ``fetched``: (kind, quantity) -> those runs' plain summaries as ``summaries`` returned them,
+    for a caller that summarised and fetched them already (``compare_runs``). Copies of summaries
+    may still be being stored when this returns: ``ldreg.query.writeback.wait()`` joins them.
+    """
     aggregation = aggregation or Aggregation()
     ids = [r.id for r in runs]
     labels = seed_groups(runs) if aggregation.seeds else run_labels(runs)
@@ -212,13 +271,21 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
     for i, pick in enumerate(picks):
         if check:
             check_pick(db, runs, pick, f"observe[{i}]")
-        ensure_summaries(db, runs, pick.kind, pick.quantity)
+        plain = (fetched or {}).get((pick.kind, pick.quantity))
+        if plain is None:  # one fetch (or the copies just made), not a server pass for each use
+            plain = summaries(db, runs, pick.kind, pick.quantity, defer=True)[1]
         ensure_derived(db, runs, pick.kind, pick.quantity, pick.minus, aggregation.change)
         if check:
-            check_pick(db, runs, pick, f"observe[{i}]", summarised=True)
-        anchors = _anchors(db, runs, pick, aggregation.align) if aggregation.align is not None else None
-        pipeline = curve_pipeline(ids, pick, aggregation, anchors=anchors, group_of=labels)
-        rows = list(db[STATS].aggregate(pipeline, allowDiskUse=True))
+            check_pick(db, runs, pick, f"observe[{i}]", summarised=True, rows=plain)
+        anchors = _anchors(db, runs, pick, aggregation.align, plain) if aggregation.align is not None else None
+        if aggregation.seeds or aggregation.ema:  # pooling and smoothing stay in the server
+            writeback.wait()  # they read the stored summaries
+            pipeline = curve_pipeline(ids, pick, aggregation, anchors=anchors, group_of=labels)
+            rows = list(db[STATS].aggregate(pipeline, allowDiskUse=True))
+        else:
+            key = derived_key(pick.minus, aggregation.change)
+            rows = summary_rows.curve_rows(plain if key is None else
+                                           summary_rows.fetch(db, ids, pick.kind, pick.quantity, key), pick)
         if anchors is not None and not aggregation.seeds:
             shift_x(rows, anchors)
         if not rows:
@@ -232,7 +299,9 @@ def curves_frame(db, runs: Sequence[RunInfo], picks: Sequence[Pick], aggregation
         frame["response_label"] = [label_of(r, names) for r in frame["response_type"]]
         frame["update_label"] = [label_of(u, names) if isinstance(u, str) else None for u in frame["update_type"]]
         frame["change"] = aggregation.change
-        frame["series"] = [series_label(pick, r, u, names) for r, u in zip(frame["response_type"], frame["update_type"])]
+        pairs = list(zip(frame["response_type"], frame["update_type"]))
+        labelled = {pair: series_label(pick, *pair, names) for pair in dict.fromkeys(pairs)}  # once a series
+        frame["series"] = [labelled[pair] for pair in pairs]
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=COLUMNS)

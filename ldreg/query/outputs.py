@@ -6,15 +6,20 @@ years later; ``assert_offline`` checks that nothing in it is fetched from a CDN.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import html
 import json
+import os
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
 import altair as alt
 import pandas as pd
 
+from ldreg import config
 from ldreg.query.charts.common import static
 from ldreg.query.errors import QueryError
 
@@ -49,12 +54,30 @@ def assert_offline(page: str) -> None:
         raise AssertionError(f"the HTML fetches from the network: {match.group(0)!r}")
 
 
+@functools.lru_cache(maxsize=1)
 def inline_bundle() -> str:
-    """Vega, Vega-Lite and vega-embed as one script, for Altair's Vega-Lite version."""
+    """Vega, Vega-Lite and vega-embed as one script, for Altair's Vega-Lite version.
+
+    Bundling runs vl-convert's JavaScript bundler, seconds on every page (as long as drawing a
+    100-run comparison), and its output depends only on the installed versions: it is kept under
+    ``cache_dir()/vega``, named by them, and written whole or not at all (a rename).
+    """
     import vl_convert
     from altair.utils._importers import vl_version_for_vl_convert
 
-    return vl_convert.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    version = vl_version_for_vl_convert()
+    path = config.cache_dir() / "vega" / f"bundle-vl-convert-{metadata.version('vl-convert-python')}-{version}.js"
+    with contextlib.suppress(OSError):
+        text = path.read_text(encoding="utf-8")
+        if "vegaEmbed" in text:
+            return text
+    text = vl_convert.javascript_bundle(vl_version=version)
+    with contextlib.suppress(OSError):  # a read-only home: bundle again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    return text
 
 
 def page(title: str, blocks: Sequence[str | alt.TopLevelMixin], intro: str = "") -> str:

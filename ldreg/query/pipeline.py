@@ -5,9 +5,10 @@ it was written, its summary per quantity (n, mean, sample std, median). A first 
 those summaries into ``observation_stats`` (``copy_summaries``), once per bucket and quantity:
 buckets never change, so later queries read only these small summaries, and a run still in
 progress gets only its new buckets summarised. A bucket stored without a summary (written before
-they existed) is reduced inside the server (array operators, no $unwind) and ``$merge``d there. Then, all in the server too: the step of a stage's start (``$setWindowFields``) to
-align runs, a ``$group`` across runs that differ only in their seed, and an exponential moving
-average (``$expMovingAvg``). Non-finite values (NaN, ±inf, null) are left out of every statistic.
+they existed) is reduced inside the server (array operators, no $unwind) and ``$merge``d there. A plain curve is
+then read with one fetch a run and aligned in Python (``ldreg.query.rows``: each pass of a
+pipeline costs a full pass over the rows in SecantusDB); pooling across runs that differ only in
+their seed (``$group``) and the exponential moving average (``$expMovingAvg``) run in the server. Non-finite values (NaN, ±inf, null) are left out of every statistic.
 The confidence interval needs a t quantile, so it is added afterwards from (mean, std, n).
 
 Tested on SecantusDB: $filter, $sortArray, $arrayElemAt, $avg/$stdDevSamp on arrays,
@@ -175,36 +176,52 @@ def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, sk
 SUMMARY_FIELDS = ("run_id", "kind", "stage", "examples_seen") + KEY_FIELDS
 
 
-def copy_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]) -> list[str]:
+def copy_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]
+                   ) -> list[dict[str, Any]]:
     """Copy into STATS the summaries that buckets carry from the moment they were written
     (``summary.<quantity>``, see ldreg.store.documents), for those not yet there; return the
-    ids of the buckets copied.
+    summaries copied, as stored (their ``bucket``: the bucket's id)."""
+    docs = read_summaries(db, run_id, kind, quantity, run_start, skip)[0]
+    store_summaries(db, docs)
+    return docs
+
+
+def read_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]
+                   ) -> tuple[list[dict[str, Any]], int]:
+    """The summaries buckets carry, shaped as STATS stores them, for the buckets not in ``skip``,
+    and how many buckets were read (with ``skip`` empty: all of the run's buckets of ``kind``).
 
     Only a few numbers a bucket are read, so this is no pass over the arrays; buckets without
     the field (written before it existed) are left to ``summarise_pipeline``. The filter on the
     field is applied here: an ``$exists`` on a nested path makes the server scan the collection.
     """
-    from pymongo.errors import BulkWriteError
-
     match: dict[str, Any] = {"run_id": int(run_id), "kind": kind}
     if skip:
         match["_id"] = {"$nin": list(skip)}
     projection = {**{f: 1 for f in SUMMARY_FIELDS}, f"summary.{quantity}": 1}
-    docs = []
+    docs, seen = [], 0
     for bucket in db[OBSERVATIONS].find(match, projection):
+        seen += 1
         summary = (bucket.get("summary") or {}).get(quantity)
         if summary is None:
             continue
         docs.append({**{f: bucket.get(f) for f in SUMMARY_FIELDS}, "n": summary["n"], "mean": summary["mean"],
                      "std": summary["std"], "median": summary["median"], "bucket": bucket["_id"],
                      "quantity": quantity, "run_start": run_start, "_id": f"{bucket['_id']}|{quantity}"})
-    if docs:
-        try:
-            db[STATS].insert_many(docs, ordered=False)
-        except BulkWriteError as exc:  # another query copied some first: the same summaries, keep theirs
-            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
-                raise
-    return [d["bucket"] for d in docs]
+    return docs, seen
+
+
+def store_summaries(db, docs: Sequence[dict[str, Any]]) -> None:
+    """Insert summaries (``read_summaries``) into STATS; those another query stored first are kept."""
+    from pymongo.errors import BulkWriteError
+
+    if not docs:
+        return
+    try:
+        db[STATS].insert_many([dict(d) for d in docs], ordered=False)
+    except BulkWriteError as exc:  # another query copied some first: the same summaries, keep theirs
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
 
 
 def _by_run(values: Mapping[int, Any], default: Any = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from ldreg.errors import SpecError, closest, preview
+from ldreg.query.events import EventMarks
 from ldreg.query.outputs import FORMATS, check_formats
 from ldreg.query.pipeline import Aggregation, Pick
 from ldreg.query.select import Selection, parse_ids
@@ -64,10 +65,14 @@ class QuerySpec:
     aggregate: Aggregation = field(default_factory=Aggregation)
     chart: ChartSpec = field(default_factory=ChartSpec)
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    events: EventMarks | None = None  # the runs' alarms as labelled vertical rules (ldreg.query.events)
 
     def validate(self, where: str) -> None:
         if not self.observe:
             raise SpecError("observe: needs at least one entry, e.g. [{quantity: logp_sum, response_types: [chosen]}]")
+        if self.events is not None and self.chart.kind != "curves":
+            raise SpecError(f"events: only curves charts mark events, and chart.kind is {self.chart.kind}; "
+                            f"drop events or set chart.kind: curves")
         self.formats = check_formats(self.formats)
 
 

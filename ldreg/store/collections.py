@@ -13,6 +13,7 @@ METRICS = "metrics"  # Sacred's metric series (written by ldreg.store.metrics)
 COUNTERS = "counters"  # run ids, never given twice (ldreg.store.runs.next_run_id)
 OBSERVATIONS = "observations"  # the probe/influence/eNTK buckets (ldreg.store.documents)
 EVENTS = "events"  # alarms a run raised, one per (run, alarm, probing set) (ldreg.store.events)
+JUDGEMENTS = "judgements"  # pairwise verdicts on runs' answers, field run_ids (ldreg.judging.winrate)
 
 # The query layer's caches, each derived from one run's observations.
 STATS = "observation_stats"  # one summary per (bucket, quantity[, derived]); field run_id

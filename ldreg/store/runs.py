@@ -21,7 +21,8 @@ from typing import Any
 from pymongo import ReturnDocument, WriteConcern
 
 from ldreg.errors import LdregError
-from ldreg.store.collections import COUNTERS, EVENTS, METRICS, OBSERVATIONS, PER_RUN_CACHES, RUNS, cache_filter
+from ldreg.store.collections import (COUNTERS, EVENTS, JUDGEMENTS, METRICS, OBSERVATIONS, PER_RUN_CACHES, RUNS,
+                                     cache_filter)
 from ldreg.store.connection import database
 
 DEAD_AFTER_BEATS = 3
@@ -235,6 +236,7 @@ def delete_run(run_id: int, db=None) -> dict[str, int]:
                          for name in PER_RUN_CACHES),
         "metrics": db[METRICS].delete_many({"run_id": run_id}).deleted_count,
         "events": db[EVENTS].delete_many({"run_id": run_id}).deleted_count,  # alarms it raised
+        "judgements": db[JUDGEMENTS].delete_many({"run_ids": run_id}).deleted_count,  # verdicts on its answers
         "artifacts": artifacts,
         "runs": db[RUNS].delete_one({"_id": run_id}).deleted_count,
     }

@@ -1,11 +1,14 @@
 """StoreSink: observations into MongoDB from a background thread, never losing one.
 
 Training calls ``emit``, which puts the observation on a bounded queue (blocking briefly when
-the writer lags, so memory stays bounded). A converter thread turns batches of observations into
-bucket documents and hands each to a writer thread, which inserts it with pymongo
-``insert_many(ordered=False)``: the next batch is converted while the server journals the last
-one (one batch waits between the two at most), and only the writer touches the database and the
-spool. An observation counts as done (``settle``) once the writer has stored or spooled it.
+the writer lags, so memory stays bounded). A converter thread turns each observation into a bucket
+document (already BSON); a writer thread, whenever it is free, inserts the documents converted so
+far (at least ``MIN_BATCH`` unless no more are coming, at most ``batch_size``) with pymongo
+``insert_many(ordered=False)`` (group commit: the next batch is converted while the server journals
+the last, and neither the first batch nor a probe pass's burst waits for a full batch). Each insert
+costs the embedded server about 1 ms of CPU whatever its size, so a bucket at a time would cost
+training more than the buckets themselves. Only the writer touches the database and the spool. An
+observation counts as done (``settle``) once the writer has stored or spooled it.
 If the database is unreachable or dies, batches go to the spool and training goes on; the
 writer pings the database every ``retry_interval_s`` and, once it answers, replays the spool
 before writing new batches. Bucket ids are deterministic, so nothing is stored twice.
@@ -23,8 +26,11 @@ import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import WriteConcern
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
@@ -41,6 +47,10 @@ log = logging.getLogger("ldreg.store")
 _CLOSE = object()
 FINAL_WAIT_S = 5.0  # how long close() waits for a database that is down before reporting
 MAX_HELD = 50_000  # buckets kept in memory while neither the database nor the spool takes them
+# The writer waits for this many converted buckets unless no more are coming: each insert costs the
+# embedded server ~1 ms of CPU whatever its size (1.3 ms a bucket one at a time, <0.1 ms in batches of 64).
+MIN_BATCH = 32
+RAW_OPTIONS = CodecOptions(document_class=RawBSONDocument, tz_aware=True)  # how a spool line reads them back
 
 
 class StoreSink:
@@ -48,7 +58,7 @@ class StoreSink:
 
     ``db``: a pymongo Database (default: ``connection.connect()``); give its client short
     timeouts (``connection.open_client``) so an outage is noticed quickly.
-    ``batch_size``: buckets per journaled insert; larger batches amortise the journal sync.
+    ``batch_size``: at most this many buckets per journaled insert (the writer takes what is ready).
     ``emit_timeout_s``: how long ``emit`` waits on a full queue before writing that bucket
     straight to the spool (a writer stuck on a hung server must not stall training).
     """
@@ -65,7 +75,7 @@ class StoreSink:
         self.run_id = int(run_id)
         self.final_wait_s = final_wait_s
         self.max_held = max_held
-        self._held: list[dict[str, Any]] = []  # buckets the spool refused, waiting for the database
+        self._held: list[Mapping[str, Any]] = []  # buckets the spool refused, waiting for the database
         self._held_lock = threading.Lock()
         self.spool_error: str | None = None
         self.lost = 0
@@ -79,6 +89,8 @@ class StoreSink:
         self.retry_interval_s = retry_interval_s
         self.emit_timeout_s = emit_timeout_s
         self.counts = WriteCounts()
+        self.thread_cpu_s = 0.0  # CPU seconds of the converter and writer threads (what they take from training)
+        self._cpu_lock = threading.Lock()
         self.spooled = 0
         self._spooled_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -86,7 +98,11 @@ class StoreSink:
         self._indexed = False
         self._next_retry = 0.0
         self._closed = False
-        self._outbox: queue.Queue = queue.Queue(maxsize=1)  # converted batches waiting for the writer
+        self._ready: list[Mapping[str, Any]] = []  # converted documents waiting for the writer, in order
+        self._ready_cv = threading.Condition()
+        self._converted_all = False  # the converter has seen close() and converted everything before it
+        self._converter_idle = False  # the converter waits on an empty queue: nothing more is coming now
+        self.min_batch = min(MIN_BATCH, batch_size)
         self._thread = threading.Thread(target=self._run, name=f"ldreg-store-run-{run_id}", daemon=True)
         self._writer = threading.Thread(target=self._send, name=f"ldreg-store-write-{run_id}", daemon=True)
         self._writer.start()
@@ -149,73 +165,109 @@ class StoreSink:
     # -- the converter and writer threads ----------------------------------------------------
 
     def _run(self) -> None:
-        """Converter: batches of observations -> documents, handed to the writer in order."""
+        """Converter: each observation -> a document, appended to ``_ready`` in order."""
+        try:
+            self._convert_loop()
+        finally:
+            self._add_cpu(time.thread_time())
+
+    def _add_cpu(self, seconds: float) -> None:
+        with self._cpu_lock:
+            self.thread_cpu_s += seconds
+
+    def _convert_loop(self) -> None:
         while True:
-            batch, closing = self._next_batch()
-            if not batch and not closing:  # the database is down and nothing came: time to retry it
-                self._outbox.put((None, 0, False))
-                continue
-            try:
-                docs = self._convert(batch)
-            except Exception as exc:  # never by design (_convert counts each failure); if so, count them all
-                log.error("run %d: %d observation(s) could not be converted: %s", self.run_id, len(batch), exc)
-                self._lose([{"step": obs.step} for obs in batch])
-                docs = []
-            # the writer marks the batch done (task_done) once it is stored or spooled
-            self._outbox.put((docs, len(batch) + closing, closing))
-            if closing:
+            if self._queue.empty():  # tell the writer not to wait for more (a probe pass's burst is over)
+                with self._ready_cv:
+                    self._converter_idle = True
+                    self._ready_cv.notify_all()
+            obs = self._queue.get()
+            self._converter_idle = False
+            if obs is _CLOSE:
+                with self._ready_cv:
+                    self._converted_all = True
+                    self._ready_cv.notify_all()
+                self._queue.task_done()
                 return
+            doc = self._convert(obs)
+            if doc is None:  # counted as lost by _convert: done with it
+                self._queue.task_done()
+                continue
+            with self._ready_cv:
+                while len(self._ready) >= 2 * self.batch_size:  # the writer lags: bounded memory
+                    self._ready_cv.wait()
+                self._ready.append(doc)  # the writer marks it done (task_done) once stored or spooled
+                self._ready_cv.notify_all()
 
     def _send(self) -> None:
-        """Writer: insert each converted batch (or spool it); ``None`` asks for a reconnect attempt."""
+        """Writer: whenever it is free, insert the documents converted so far (up to ``batch_size``).
+
+        Group commit: it goes as soon as ``min_batch`` documents are ready, or fewer when the converter
+        has nothing more to do (the end of a probe pass's burst), so neither a burst nor the first
+        batch waits for a full ``batch_size``, and while the server journals one batch the converter
+        readies the next. The indexes are created first, while the converter works.
+        """
+        try:
+            self._index_early()
+            self._send_loop()
+        finally:
+            self._add_cpu(time.thread_time())
+
+    def _index_early(self) -> None:
+        try:
+            ensure_indexes(self.collection.database)
+            self._indexed = True
+        except Exception as exc:  # down already: the first write spools, and the retry creates them
+            self._went_down(exc)
+
+    def _send_loop(self) -> None:
         while True:
-            docs, tasks, closing = self._outbox.get()
+            with self._ready_cv:
+                while not self._batch_ready():
+                    if self._db_up:
+                        self._ready_cv.wait()
+                    elif not self._ready_cv.wait(timeout=max(self._next_retry - time.monotonic(), 0.01)):
+                        break  # down and nothing came: time to retry the database
+                docs = self._ready[: self.batch_size]
+                del self._ready[: self.batch_size]
+                finished = self._converted_all and not self._ready
+                self._ready_cv.notify_all()  # room for the converter
             try:
-                if docs is None:
-                    self._try_reconnect()
-                elif docs:
+                if docs:
                     self._write(docs)
+                elif not self._db_up:
+                    self._try_reconnect()
             except Exception as exc:  # never by design (_write and _try_reconnect catch); keep counting
                 log.error("run %d: the store writer failed: %s", self.run_id, exc)
                 if docs:
                     self._to_spool(docs)
             finally:
-                for _ in range(tasks):
+                for _ in range(len(docs)):
                     self._queue.task_done()
-            if closing:
+            if finished:
                 return
 
-    def _convert(self, batch: list[Observation]) -> list[dict[str, Any]]:
-        docs = []
-        for obs in batch:
-            try:
-                docs.append(bucket_from_observation(self.run_id, obs))
-            except Exception as exc:  # an observation that cannot be a document: counted, named
-                log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
-                          obs.kind, obs.response_type, obs.step, exc)
-                self._lose([{"step": obs.step}])
-        return docs
+    def _batch_ready(self) -> bool:
+        """Whether the writer should insert now (called holding ``_ready_cv``): ``min_batch``
+        documents are ready, or some are and no more are coming for now, or the converter is done."""
+        if self._converted_all:
+            return True
+        return len(self._ready) >= self.min_batch or (bool(self._ready) and self._converter_idle)
 
-    def _next_batch(self) -> tuple[list[Observation], bool]:
-        timeout = self.retry_interval_s if not self._db_up else None
+    def _convert(self, obs: Observation) -> RawBSONDocument | None:
+        """The bucket document, already BSON: encoded here, a document at a time, because pymongo
+        encodes a whole insert_many batch in one C call that holds the GIL (tens of milliseconds for
+        256 buckets of 500 values), and training threads wait on the GIL meanwhile. Raw documents
+        go to the server as they are."""
         try:
-            first = self._queue.get(timeout=timeout)
-        except queue.Empty:  # nothing to write while the database is down: the writer retries it
-            return [], False
-        if first is _CLOSE:
-            return [], True
-        batch = [first]
-        while len(batch) < self.batch_size:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _CLOSE:
-                return batch, True
-            batch.append(item)
-        return batch, False
+            return RawBSONDocument(bson.encode(bucket_from_observation(self.run_id, obs)), RAW_OPTIONS)
+        except Exception as exc:  # an observation that cannot be a document: counted, named
+            log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
+                      obs.kind, obs.response_type, obs.step, exc)
+            self._lose([{"step": getattr(obs, "step", 0)}])
+            return None
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[Mapping[str, Any]]) -> None:
         try:
             if not self._db_up:
                 self._try_reconnect()
@@ -226,7 +278,7 @@ class StoreSink:
             self._went_down(exc)
         self._to_spool(batch)
 
-    def _insert(self, batch: list[dict[str, Any]]) -> None:
+    def _insert(self, batch: list[Mapping[str, Any]]) -> None:
         if not self._indexed:
             ensure_indexes(self.collection.database)
             self._indexed = True
@@ -258,7 +310,7 @@ class StoreSink:
         self._db_up = False
         self._next_retry = time.monotonic() + self.retry_interval_s
 
-    def _to_spool(self, docs: list[dict[str, Any]]) -> None:
+    def _to_spool(self, docs: list[Mapping[str, Any]]) -> None:
         try:
             written = self.spool.append(docs)
         except Exception as exc:  # unwritable folder, full disk: hold them, never drop them
@@ -291,7 +343,7 @@ class StoreSink:
         """True while some bucket is neither stored nor spooled (held in memory, or lost)."""
         return bool(self._held) or self.lost > 0
 
-    def _lose(self, docs: list[dict[str, Any]]) -> None:
+    def _lose(self, docs: list[Mapping[str, Any]]) -> None:
         if docs:
             first = min(int(d.get("step", 0)) for d in docs)
             with self._lost_lock:  # the converter, the writer and emit may all count a loss

@@ -2,6 +2,7 @@
 
 from ldreg.hookspecs import hookimpl
 
+from .bco import BCO
 from .cpo import CPO, SIMPO
 from .dpo import DPO
 from .dpop import DPOP
@@ -14,7 +15,7 @@ from .spin import SPIN
 from .sppo import SPPO
 from .trl_dpo import SINGLE as TRL_SINGLE, TRL_DPO
 
-BUILTIN_LOSSES = (SFT, EXTEND, DPO, IPO, SLIC, SPPO, SPIN, DPOP, SIMPO, CPO, ORPO, KTO, TRL_DPO, *TRL_SINGLE)
+BUILTIN_LOSSES = (SFT, EXTEND, DPO, IPO, SLIC, SPPO, SPIN, DPOP, SIMPO, CPO, ORPO, KTO, BCO, TRL_DPO, *TRL_SINGLE)
 
 
 @hookimpl

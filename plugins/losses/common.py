@@ -19,6 +19,9 @@ _HOW = {
     "ref_rejected": "the engine fills it when LossDefinition.needs_reference is True (a reference model)",
     "chosen_prob": "the data must carry a win probability P(y+ > y-) per pair",
     "chosen_tokens": "the engine fills it with the chosen responses' token counts",
+    "mismatched": "the engine fills it in training when LossDefinition.needs_mismatched says so; elsewhere "
+                  "(the residual and influence tools) use kl: batch or kl: zero",
+    "ref_mismatched": "the engine fills it in training when LossDefinition.needs_mismatched says so",
 }
 
 

@@ -30,7 +30,6 @@ SFT = LossDefinition(
     name="sft",
     compute=sft_loss,
     description="Supervised finetuning on the chosen response: -log pi(y+|x).",
-    sft_targets=("chosen",),
 )
 
 EXTEND = LossDefinition(
@@ -38,5 +37,4 @@ EXTEND = LossDefinition(
     compute=extend_loss,
     description="The paper's 'extend' (Sec. 4.3): SFT on both y+ and y-, before DPO.",
     needs_rejected=True,
-    sft_targets=("chosen", "rejected"),
 )

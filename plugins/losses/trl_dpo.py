@@ -183,6 +183,15 @@ def _weight_list_problem(text: str) -> str | None:
     return None
 
 
+def _weights_per_type(params) -> list[str]:
+    """One weight per loss type (or none): checked with the spec, so ``--dry-run`` names it."""
+    types, weights = _names(params["loss_type"]), _names(params["loss_weights"])
+    if weights and len(weights) != len(types):
+        return [f"loss_weights: has {len(weights)} weights for {len(types)} loss types ({params['loss_type']!r}); "
+                f"give one weight per type, or '' for all 1 (got {params['loss_weights']!r})"]
+    return []
+
+
 def trl_dpo_loss(logps: SequenceLogps, loss_type: str, loss_weights: str, beta: float,
                  label_smoothing: float, discopop_tau: float) -> LossOutput:
     for name, value, check in (("loss_type", loss_type, _type_list_problem),
@@ -205,6 +214,7 @@ TRL_DPO = LossDefinition(
               "discopop_tau": 0.05},
     constraints={"loss_type": _type_list_problem, "loss_weights": _weight_list_problem, "beta": "> 0",
                  "label_smoothing": "[0, 0.5)", "discopop_tau": "> 0"},
+    check=_weights_per_type,
     needs_rejected=True,
     needs_reference=True,
 )

@@ -59,7 +59,8 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
                  band: bool = True, columns: int = 3, align: int | str | None = None, title: str | None = None,
                  subtitle: str | Sequence[str] | None = None, order: Sequence[str] | None = None,
                  independent_y: bool = True, width: int = PANEL_WIDTH, height: int = PANEL_HEIGHT,
-                 dashes: str | None = None, thin: bool = True) -> alt.TopLevelMixin:
+                 dashes: str | None = None, thin: bool = True, events: pd.DataFrame | None = None,
+                 event_labels: bool = True) -> alt.TopLevelMixin:
     """One line per colour value in each panel, the ``ci_low``-``ci_high`` band behind it.
 
     ``y``: "mean" (with the band) or "median". ``order``: the panels' order (default: as first seen).
@@ -67,6 +68,8 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     ``dashes``: a column whose values get their own dash pattern (e.g. the seed, with colour for the
     pipeline). ``thin``: lines with more points than the panel has pixels across are thinned for
     drawing (``ldreg.query.charts.thin``), and the subtitle says how many points are shown.
+    ``events``: alarms to mark (``ldreg.query.events.event_marks_frame``), drawn as dashed vertical
+    rules, in the run's colour where the colour is per run, labelled unless ``event_labels`` is off.
     """
     if frame.empty:
         raise ValueError("nothing to draw: the frame is empty")
@@ -76,7 +79,8 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
     legend = alt.Legend(title=COLOR_TITLES.get(color, color), columns=legend_columns(data[color]), symbolType="stroke",
                         symbolOpacity=1, symbolStrokeWidth=3)
     domain = list(dict.fromkeys(data[color]))
-    colour = alt.Color(f"{color}:N", legend=legend, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
+    escaped = color.replace(".", "\\.")  # Vega-Lite reads "stages.1.loss" as a nested path unless escaped
+    colour = alt.Color(f"{escaped}:N", legend=legend, scale=alt.Scale(scheme=CATEGORY_SCHEME, domain=domain))
     x_enc = alt.X(f"{x}:Q", title=x_title(x, align, stage_words(data)), axis=alt.Axis(tickCount=6, format="~s"))
     tooltip = [alt.Tooltip("run:N"), alt.Tooltip("series:N", title="response"), alt.Tooltip("stage:N"),
                alt.Tooltip("step:Q"), alt.Tooltip("examples_seen:Q", title="examples seen"),
@@ -115,6 +119,12 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
         if note:
             subtitle = [*([subtitle] if isinstance(subtitle, str) else subtitle or []), note]
             title = title or " "  # the note is a subtitle: a chart without a title gets a blank one
+    if events is not None and not events.empty:
+        from ldreg.query.events import event_layers, with_panels
+
+        marks = with_panels(events, data, facet)
+        data = pd.concat([data, marks], ignore_index=True)  # one data set, so every panel gets its marks
+        layers += event_layers(base, marks, colour if color in events else None, event_labels)
     chart = alt.layer(*layers, data=data).properties(width=width, height=height)
     if facet != "none":
         if facet not in data:

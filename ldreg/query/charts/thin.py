@@ -21,14 +21,22 @@ def thin_lines(frame: pd.DataFrame, line: str, x: str, y: str, max_points: int) 
     highest ``y``: at most share + 2 rows a line)."""
     xs = frame[x].to_numpy(dtype=float)
     span = float(np.nanmax(xs) - np.nanmin(xs)) if len(xs) else 0.0
-    keep = []
-    for _, rows in frame.groupby(line, sort=False):
-        own = float(rows[x].max() - rows[x].min())
-        share = max_points if span <= 0 else max(2, int(np.ceil(max_points * own / span)))
-        if len(rows) <= share:
-            keep.append(rows.index.to_numpy())
-            continue
-        bins = max(share // 2, 1)
+    # Lengths and spans of every line at once: a loop over the lines costs more than drawing
+    # a 100-run comparison (2,800 short lines, none to thin).
+    lines = frame.groupby(line, sort=False)[x].agg(["size", "min", "max"])
+    if span <= 0:
+        share = np.full(len(lines), max_points)
+    else:
+        own = (lines["max"] - lines["min"]).to_numpy(dtype=float)
+        share = np.maximum(2, np.ceil(max_points * own / span).astype(int))
+    long = lines.index[lines["size"].to_numpy() > share]
+    whole = frame[line].notna().to_numpy()
+    if not len(long) and whole.all() and frame.index.is_monotonic_increasing and frame.index.is_unique:
+        return frame  # nothing to thin: the rows as they are
+    share_of = dict(zip(lines.index, share))
+    keep = [frame.index[whole & ~frame[line].isin(long).to_numpy()].to_numpy()]
+    for key, rows in frame[frame[line].isin(long)].groupby(line, sort=False):
+        bins = max(int(share_of[key]) // 2, 1)
         rows = rows.sort_values(x, kind="stable")
         values = rows[y].to_numpy(dtype=float)
         where = np.arange(len(rows))
@@ -39,8 +47,6 @@ def thin_lines(frame: pd.DataFrame, line: str, x: str, y: str, max_points: int) 
                 chosen.add(int(finite[np.argmin(values[finite])]))
                 chosen.add(int(finite[np.argmax(values[finite])]))
         keep.append(rows.index.to_numpy()[sorted(chosen)])
-    if not keep:
-        return frame
     return frame.loc[np.sort(np.concatenate(keep))]
 
 

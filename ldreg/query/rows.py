@@ -1,0 +1,89 @@
+"""The selected runs' per-bucket summaries, fetched once, then filtered, anchored and listed here.
+
+SecantusDB evaluates every pipeline stage in Python, row by row, so each aggregation over the
+summaries (``observation_stats``) costs a full pass over them: a query of 100 runs made three
+(what was recorded, where each run's stage begins, the curve rows) over ~28k rows. Here one
+``find`` per run, on the indexed run_id (a ``$in`` over runs makes the server scan), brings
+the rows of one kind and quantity, and the three passes are done on them in Python with the
+same meaning as the pipelines (``recorded``, ``anchors_pipeline``, ``curve_pipeline`` without
+seed pooling or smoothing): the same stored numbers come back, so curves are bit-identical.
+Seed pooling and smoothing still run in the server (``ldreg.query.pipeline``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from ldreg.query.pipeline import KEY_FIELDS, STATS, Pick, Recorded
+
+CURVE_FIELDS = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
+
+
+def fetch(db, run_ids: Sequence[int], kind: str, quantity: str, derived: str | None = None) -> list[dict[str, Any]]:
+    """Every summary of ``kind`` and ``quantity`` (plain, or marked ``derived``) of the runs, run by run."""
+    rows: list[dict[str, Any]] = []
+    for run_id in run_ids:
+        rows.extend(db[STATS].find({"run_id": int(run_id), "kind": kind, "quantity": quantity, "derived": derived},
+                                   {"_id": 0, "bucket": 0, "run_start": 0}))
+    return rows
+
+
+def recorded_in(rows: Iterable[Mapping[str, Any]], out: Recorded) -> Recorded:
+    """``out`` with the response types, probing sets, update types and stages the rows hold
+    (what ``recorded``'s ``$group`` over the same rows finds)."""
+    for row in rows:
+        out.response_types.add(row.get("response_type"))
+        out.probe_sets.add(row.get("probe_set"))
+        out.stages.add(row.get("stage"))
+        if row.get("update_type") is not None:
+            out.update_types.add(row["update_type"])
+    return out
+
+
+def anchors(rows: Iterable[Mapping[str, Any]], anchor_stage: Mapping[int, int] | None
+            ) -> dict[tuple[int, int | None], Any]:
+    """Each run's first examples_seen in its anchor stage (``anchor_stage``: run -> stage index) or,
+    with None, in each of its stages (keyed (run, stage)); as ``anchors_pipeline`` and its caller."""
+    first: dict[tuple[int, Any], Any] = {}
+    for row in rows:
+        seen = row.get("examples_seen")
+        if seen is None:
+            continue  # $min leaves out missing and null
+        key = (row["run_id"], row.get("stage_index"))
+        if key not in first or seen < first[key]:
+            first[key] = seen
+    if anchor_stage is None:
+        return dict(first)
+    return {(run, None): start for (run, stage), start in first.items() if anchor_stage.get(run) == stage}
+
+
+def _picked(row: Mapping[str, Any], pick: Pick, indices: set[int], names: set[str]) -> bool:
+    """``match_stage``'s filter, on one row."""
+    if pick.response_types is not None and row.get("response_type") not in pick.response_types:
+        return False
+    if pick.probe_set is not None and row.get("probe_set") != pick.probe_set:
+        return False
+    if pick.update_types is not None and row.get("update_type") not in pick.update_types:
+        return False
+    if pick.stages is not None and row.get("stage_index") not in indices and row.get("stage") not in names:
+        return False
+    if pick.steps is not None:
+        step = row.get("step")
+        if not isinstance(step, (int, float)) or not int(pick.steps[0]) <= step <= int(pick.steps[1]):
+            return False
+    return True
+
+
+def curve_rows(rows: Iterable[Mapping[str, Any]], pick: Pick) -> list[dict[str, Any]]:
+    """The pick's rows as ``curve_pipeline`` returns them without pooling or smoothing: x (to be
+    shifted by ``shift_x``) is examples_seen, and the fields a row lacks stay absent."""
+    indices = {s for s in pick.stages or [] if isinstance(s, int)}
+    names = {s for s in pick.stages or [] if isinstance(s, str)}
+    out = []
+    for row in rows:
+        if _picked(row, pick, indices, names):
+            kept = {f: row[f] for f in CURVE_FIELDS if f in row}
+            if "examples_seen" in row:
+                kept["x"] = row["examples_seen"]
+            out.append(kept)
+    return out

@@ -1,0 +1,95 @@
+"""The one-fetch path (ldreg.query.rows) gives what the server's pipelines give on the same
+summaries: the same curve rows, number for number, the same anchors and the same record of types."""
+
+from __future__ import annotations
+
+import pytest
+from test_query_data import populate_all
+
+from ldreg.query import rows as summary_rows
+from ldreg.query import writeback
+from ldreg.query.frame import _anchors, curves_frame, ensure_summaries
+from ldreg.query.paired import ensure_derived
+from ldreg.query.pipeline import STATS, Aggregation, Pick, curve_pipeline, derived_key, recorded, shift_x
+from ldreg.query.select import select_runs
+
+PICKS = [Pick(), Pick(response_types=["chosen"]), Pick(response_types=["rejected"], stages=[1]),
+         Pick(stages=["0-sft"], steps=[1, 8]), Pick(quantity="argmax_logp", probe_set=None),
+         Pick(response_types=["chosen"], minus="rejected"),
+         Pick(kind="influence", quantity="delta_logp", update_types=["rejected"], probe_set=None)]
+ALIGNS = [None, "dpo", "stage", "last", 1]
+
+
+@pytest.fixture
+def summarised(db):
+    populate_all(db)
+    runs = select_runs(db, ids=[1, 2, 3])
+    for pick in PICKS:
+        ensure_summaries(db, runs, pick.kind, pick.quantity)
+        ensure_derived(db, runs, pick.kind, pick.quantity, pick.minus, "stage_start")
+    return db, runs
+
+
+def _key(row):
+    return tuple(str(row.get(f)) for f in ("run_id", "response_type", "update_type", "probe_set", "stage_index", "step"))
+
+
+@pytest.mark.parametrize("change", [None, "stage_start"])
+def test_curve_rows_anchors_and_record_equal_the_servers(summarised, change):
+    db, runs = summarised
+    ids = [r.id for r in runs]
+    checked = 0
+    for pick in PICKS:
+        plain = summary_rows.fetch(db, ids, pick.kind, pick.quantity)
+        have = summary_rows.recorded_in(plain, recorded(db, ids, pick.kind))
+        assert vars(have) == vars(recorded(db, ids, pick.kind, pick.quantity))
+        key = derived_key(pick.minus, change)
+        source = plain if key is None else summary_rows.fetch(db, ids, pick.kind, pick.quantity, key)
+        for align in ALIGNS:
+            anchors = _anchors(db, runs, pick, align, plain) if align is not None else None
+            if align is not None:
+                assert anchors == _anchors(db, runs, pick, align)
+            ours = summary_rows.curve_rows(source, pick)
+            theirs = list(db[STATS].aggregate(curve_pipeline(ids, pick, Aggregation(align=align, change=change),
+                                                             anchors=anchors)))
+            if anchors is not None:
+                shift_x(ours, anchors)
+                shift_x(theirs, anchors)
+            assert sorted(ours, key=_key) == sorted(theirs, key=_key)  # == on floats: bit for bit
+            checked += bool(theirs)
+    assert checked >= len(PICKS) * len(ALIGNS) - len(ALIGNS)  # (influence has no stage 'dpo' rows to miss)
+
+
+def test_a_first_query_uses_the_copies_it_wrote_and_a_later_one_reads_them_back(db):
+    populate_all(db)
+    runs = select_runs(db, ids=[1, 2, 3])
+    pick = [Pick(response_types=["chosen", "rejected"])]
+    first = curves_frame(db, runs, pick, Aggregation(align="dpo"))
+    writeback.wait()  # the copies are stored on a thread
+    assert db[STATS].count_documents({"quantity": "logp_sum"}) == 36  # 3 runs x 6 probes x 2 types, copied
+    later = curves_frame(db, runs, pick, Aggregation(align="dpo"))
+    assert len(first) == 36 and first.equals(later)
+
+
+def test_a_failed_deferred_copy_fails_loudly_and_the_next_query_copies_again(db):
+    """The copies a first query stores on a thread while it draws: when the server refuses them
+    (a real validator on the collection), waiting raises, no run is marked as summarised, and the
+    next query, the fault gone, copies them again and draws every point."""
+    from pymongo.errors import BulkWriteError
+
+    from ldreg.store.collections import STATS_SUMMARISED
+
+    populate_all(db)
+    runs = select_runs(db, ids=[1, 2, 3])
+    pick = [Pick(response_types=["chosen", "rejected"])]
+    db.create_collection(STATS, validator={"quantity": {"$ne": "logp_sum"}})
+    frame = curves_frame(db, runs, pick)  # drawn from the copies in hand
+    assert len(frame) == 36
+    with pytest.raises(BulkWriteError):
+        writeback.wait()
+    assert db[STATS_SUMMARISED].count_documents({}) == 0 and db[STATS].count_documents({}) == 0
+    db.command("collMod", STATS, validator={})
+    again = curves_frame(db, runs, pick)
+    writeback.wait()
+    assert again.equals(frame) and db[STATS].count_documents({"quantity": "logp_sum"}) == 36
+    assert db[STATS_SUMMARISED].count_documents({}) == 3
