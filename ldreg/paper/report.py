@@ -296,7 +296,7 @@ def winrate_section(db, ext_ids: Sequence[int], base_ids: Sequence[int], words: 
     chart = alt.Chart(pd.DataFrame(rows)).mark_bar().encode(
         y=alt.Y("comparison:N", title=None, sort=None),
         x=alt.X("sum(count):Q", title="prompts (each judged in both orders)"),
-        color=alt.Color("outcome:N", sort=["wins", "ties", "losses"], title="outcome (check: win = agrees with the data)",
+        color=alt.Color("outcome:N", sort=["wins", "ties", "losses"], title=["outcome", "(check: win = agrees", "with the data)"],
                         scale=alt.Scale(domain=["wins", "ties", "losses"], range=["#2a9d8f", "#bbbbbb", "#e76f51"])),
         tooltip=["comparison", "outcome", "sum(count):Q"],
     ).properties(width=420, height=30 * (len(result.pairs) + 1))

@@ -41,13 +41,31 @@ def _add_config_column(frame: pd.DataFrame, runs: Sequence[RunInfo], key: str, w
     return frame
 
 
+LISTED_RUNS = 8  # beyond this many runs a subtitle names them as id ranges (a sweep's 44 runs made a 5,000-px line)
+
+
 def seeds_line(runs: Sequence[RunInfo], pooled: bool) -> str:
     """Which runs and seeds a figure draws, and whether seeds are pooled: every figure says so."""
     seeds = sorted({str(r.config.get("seed", "?")) for r in runs})
     if pooled:
-        return (f"seeds {', '.join(seeds)} pooled per configuration (runs {', '.join(f'#{r.id}' for r in runs)}): "
+        return (f"seeds {', '.join(seeds)} pooled per configuration (runs {run_list(runs)}): "
                 "mean of the per-run means, band across runs")
+    if len(runs) > LISTED_RUNS:
+        return f"{len(runs)} runs ({run_list(runs)}; seeds {', '.join(seeds)}), each drawn on its own"
     return "runs " + ", ".join(f"#{r.id} (seed {r.config.get('seed', '?')})" for r in runs) + ", each drawn on its own"
+
+
+def run_list(runs: Sequence[RunInfo]) -> str:
+    """``#3, #5`` for a few runs; consecutive ids as ranges (``#9-#52``) for many."""
+    ids = sorted(r.id for r in runs)
+    if len(ids) <= LISTED_RUNS:
+        return ", ".join(f"#{i}" for i in ids)
+    spans, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur != prev + 1:
+            spans.append(f"#{start}" if start == prev else f"#{start}-#{prev}")
+            start = cur
+    return ", ".join(spans)
 
 
 def band_line(frame: pd.DataFrame, spec: QuerySpec) -> str:
