@@ -54,6 +54,7 @@ class HFJudge(Judge):
 
     def __init__(self) -> None:
         self._loaded: tuple[str, Any, Any] | None = None
+        self._priors: dict[tuple, dict[str, float]] = {}  # (model, max_chars, max_tokens) -> prompt -> prior
 
     def identity(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         from ldreg import zoo
@@ -92,9 +93,11 @@ class HFJudge(Judge):
         raw = self.raw_scores(queries, settings)
         if _calibration(settings) == "none":
             return raw
-        prompts = sorted({q.prompt for q in queries})
-        prior = dict(zip(prompts, self.raw_scores([JudgeQuery(p, "N/A", "N/A") for p in prompts], settings)))
-        return [s - prior[q.prompt] for s, q in zip(raw, queries)]
+        key = (str(settings["model"]), int(settings["max_chars"]), int(settings["max_tokens"]))
+        known = self._priors.setdefault(key, {})  # a prompt's prior is the same in every call (win rate, check)
+        missing = sorted({q.prompt for q in queries} - set(known))
+        known.update(zip(missing, self.raw_scores([JudgeQuery(p, "N/A", "N/A") for p in missing], settings)))
+        return [s - known[q.prompt] for s, q in zip(raw, queries)]
 
     def raw_scores(self, queries: Sequence[JudgeQuery], settings: Mapping[str, Any]) -> list[float]:
         """log p(A) - log p(B) of the next token, one per query (each letter's first tokens pooled)."""
