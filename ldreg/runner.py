@@ -425,7 +425,7 @@ def run_body(spec: ExperimentSpec, ctx, *, plugins: Plugins, backend: Backend, p
     seed_everything(backend, spec.seed)
     prepared = prepare(spec, backend, plugins)
     backend.activate(sum(p.numel() for p in prepared.model.parameters()))  # threads sized to the model
-    sink = sink or StoreSink(ctx.run_id)
+    sink = sink or StoreSink(ctx.run_id, summary_tables=resume is None)  # a resumed sink sees only its part
     ctx.info["truncation"] = prepared.truncation.as_dict()
     ctx.info.update(model_identity(spec, prepared.model_path))
     ctx.info["plugins"] = plugins.versions()  # distributions and versions of every loaded plugin
@@ -619,6 +619,7 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
     from ldreg.store.connection import connect, mongo_url
     from ldreg.store.metrics import journaled_metrics, store_metrics
     from ldreg.store.runs import get_run, refuse_if_live, truncate_metrics
+    from ldreg.store.tables import forget_tables
     from ldreg.tracking import run_tracked
 
     plugins = plugins or get_plugins()
@@ -636,6 +637,7 @@ def resume_experiment(run_id: int, *, progress: bool = True, plugins: Plugins | 
                for name, series in (state.get("metrics_pending") or {}).items()}
     store_metrics(journaled_metrics(db), run_id, pending)
     truncate_metrics(run_id, step, db)
+    forget_tables(db, run_id)  # a table the interrupted process wrote covers only its part of the run
     backend = resolve_backend(spec.backend, plugins.backends)
     _, result = run_tracked(
         spec.name, spec.to_config(),

@@ -64,11 +64,11 @@ def test_delete_run_empties_every_per_run_cache_and_its_events(db):
         db[C.RUNS].insert_one({"_id": run_id, "status": "COMPLETED"})
         db[C.OBSERVATIONS].insert_one({"_id": f"b{run_id}", "run_id": run_id})
         db[C.STATS].insert_one({"_id": f"s{run_id}", "run_id": run_id})
-        for name in (C.STATS_SUMMARISED, C.STATS_DERIVED):
+        for name in (C.STATS_SUMMARISED, C.STATS_DERIVED, C.STATS_TABLES):
             db[name].insert_one({"_id": f"{run_id}|probe|logp_sum"})
         db[C.EVENTS].insert_one({"run_id": run_id, "alarm": "displacement_share"})
     counts = delete_run(5, db)
-    assert counts["observations"] == 1 and counts["summaries"] == 3 and counts["runs"] == 1
+    assert counts["observations"] == 1 and counts["summaries"] == 4 and counts["runs"] == 1
     assert counts["events"] == 1
     for name in (C.RUNS, C.OBSERVATIONS, C.EVENTS, *C.PER_RUN_CACHES):
         assert db[name].count_documents({}) == 1, name  # run 50's, and only it, is left

@@ -4,7 +4,8 @@ Each disturbed run is compared with one undisturbed run of the same spec and see
 observations (equal values, each stored once) and every metric step exactly once. Faults: the
 server SIGKILLed just after a heartbeat, during the final save and before the end; the spool
 unwritable and the disk full while the server is down; the run process SIGKILLed or interrupted
-and resumed. Sacred's heartbeat is set short (LDREG_HEARTBEAT_S) instead of sleeping.
+and resumed (while a loss plugin holds it at a known step, so the signal never lands after the
+end). Sacred's heartbeat is set short (LDREG_HEARTBEAT_S) instead of sleeping.
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ def _assert_like_baseline(baseline, db, run_id):
     assert db.runs.find_one({"_id": run_id})["status"] == "COMPLETED"
     assert_same_observations(base_db, base.run_id, db, run_id)
     assert_metrics_once(db, run_id, STEPS)
+    assert _first_query(db, run_id) == _first_query(base_db, base.run_id)
+
+
+def _first_query(db, run_id) -> list[tuple]:
+    """What a first query reads of the run (its summary table, where the sink wrote one that is
+    valid; else every bucket's summary), as comparable tuples: a table written by a disturbed run
+    must hold what its buckets hold."""
+    from ldreg.query import writeback
+    from ldreg.query.frame import summaries
+    from ldreg.query.select import select_runs
+
+    rows = summaries(db, select_runs(db, ids=[run_id]), "probe", "logp_sum")[1]
+    writeback.wait()
+    keys = ("stage_index", "step", "probe_set", "response_type", "update_type", "examples_seen", "n", "mean", "std",
+            "median")
+    return sorted(tuple(str(row.get(k)) for k in keys) for row in rows)
 
 
 def test_undisturbed_run_counts_each_observation_once(baseline):
@@ -188,59 +205,120 @@ def test_disk_full_and_server_down_fails_loudly_and_resume_recovers(server, fres
     _assert_like_baseline(baseline, db, 1)
 
 
-def _cli_run(db_name: str, server) -> subprocess.Popen:
+HOLD_AT = 6  # steps 1-5 done, the last checkpoint at step 4: resuming must redo step 5 once
+HELD_SFT = f'''
+"""SFT as `held_sft`. With FAULTS_HOLD_FILE set, its {HOLD_AT}th call (one call per step) creates that
+file and waits there (5 min at most) for the test's signal, so the signal always lands mid-run;
+without it (the resuming test process) it is plain SFT."""
+import os
+import time
+from pathlib import Path
+
+from ldreg.hookspecs import hookimpl
+from ldreg.losses import LossDefinition
+from ldreg.registry import load_plugins
+
+
+@hookimpl
+def ldreg_register_losses(registry):
+    sft = load_plugins(third_party=False).losses.get("sft")
+    calls = [0]
+
+    def compute(logps):
+        calls[0] += 1
+        hold = os.environ.get("FAULTS_HOLD_FILE")
+        if hold and calls[0] == {HOLD_AT}:
+            Path(hold).touch()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+        return sft.compute(logps)
+
+    registry.add(LossDefinition(name="held_sft", compute=compute, description="SFT that holds mid-run"))
+'''
+
+
+@pytest.fixture
+def held(tmp_path):
+    """A plugins folder with `held_sft`, and the file its CLI run creates when it holds."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "held_sft.py").write_text(HELD_SFT)
+    return folder, tmp_path / "holding"
+
+
+def _cli_run(db_name: str, server, held) -> subprocess.Popen:
+    """`ldreg run` of the smoke spec with `held_sft`, which holds at step HOLD_AT until signalled."""
+    folder, hold_file = held
     env = {**os.environ, "LDREG_MONGO_URL": server.status().url, "LDREG_DB": db_name,
-           "LDREG_HEARTBEAT_S": HEARTBEAT_S}
-    args = [sys.executable, "-m", "ldreg", "run", str(SMOKE), "with", *OVERRIDES, "--no-progress"]
+           "LDREG_HEARTBEAT_S": HEARTBEAT_S, "LDREG_PLUGINS_DIR": str(folder), "FAULTS_HOLD_FILE": str(hold_file)}
+    args = [sys.executable, "-m", "ldreg", "run", str(SMOKE), "with", "stages.0.loss=held_sft", *OVERRIDES,
+            "--no-progress"]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _stop_mid_run(proc: subprocess.Popen, sig: int) -> str:
-    """Send ``sig`` once the run has written its first checkpoint (training is under way)."""
-    path = checkpoint.checkpoint_path(1)
+def _held_plugins(held):
+    """The plugins to resume a `held_sft` run with (in this process, where it never holds)."""
+    return load_plugins(files=[held[0] / "held_sft.py"])
+
+
+def _wait_until_held(proc: subprocess.Popen, held) -> None:
+    """Wait until the run holds at step HOLD_AT: alive, after its checkpoint at step HOLD_AT - 2."""
+    hold_file = held[1]
+    wait_for(lambda: hold_file.exists() or proc.poll() is not None, timeout_s=120, what="the run to hold")
+    assert proc.poll() is None, "the run ended before it held:\n" + proc.stdout.read()
+    assert checkpoint.load(1)["clock"]["step"] == HOLD_AT - 2
+
+
+def _stop(proc: subprocess.Popen, sig: int) -> str:
+    """Send ``sig`` (to a run held mid-step) and return its output; SIGKILL it if it has not
+    ended within 60 s, so no test leaves a run behind."""
     try:
-        wait_for(lambda: path.exists() or proc.poll() is not None, timeout_s=120, what="the first checkpoint")
-        assert proc.poll() is None, "the run ended before it could be stopped:\n" + proc.stdout.read()
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode != 0
     return out
 
 
-def test_run_killed_shows_dead_refuses_delete_while_alive_and_resumes(server, fresh_db, baseline):
+def test_run_killed_shows_dead_refuses_delete_while_alive_and_resumes(server, fresh_db, baseline, held):
     """Faults 3, 4, 5: a kill -9'd run stayed RUNNING forever; a live run could be deleted;
     resumed, its metrics had a gap. Now: DEAD, delete refused while alive, resume exactly once."""
     from ldreg.cli import main
     from ldreg.store.runs import delete_run, list_runs
 
     db = _client(server)[fresh_db]
-    proc = _cli_run(fresh_db, server)
+    proc = _cli_run(fresh_db, server, held)
     try:
-        wait_for(lambda: db.runs.find_one({"_id": 1}) or proc.poll() is not None, timeout_s=120, what="the run")
-        if proc.poll() is None and db.runs.find_one({"_id": 1})["status"] == "RUNNING":
-            with pytest.raises(LdregError, match="is RUNNING"):
-                delete_run(1, db)
+        _wait_until_held(proc, held)
+        assert db.runs.find_one({"_id": 1})["status"] == "RUNNING"
+        with pytest.raises(LdregError, match="is RUNNING"):
+            delete_run(1, db)
     finally:
-        _stop_mid_run(proc, signal.SIGKILL)
+        _stop(proc, signal.SIGKILL)  # kill -9 mid-step: the run holds at step HOLD_AT
+    assert proc.returncode == -signal.SIGKILL
     wait_for(lambda: list_runs(db=db)[0]["status"] == "DEAD", what="DEAD in `ldreg runs`")
     shown = CliRunner().invoke(main, ["runs"])
     assert shown.exit_code == 0 and "DEAD" in shown.output
     marked = CliRunner().invoke(main, ["runs", "mark-failed", "1"])
     assert marked.exit_code == 0 and "marked FAILED" in marked.output, marked.output
-    resume_experiment(1, progress=False, plugins=load_plugins())
+    resume_experiment(1, progress=False, plugins=_held_plugins(held))
     _assert_like_baseline(baseline, db, 1)
 
 
-def test_interrupted_run_resumes_exactly_once(server, fresh_db, baseline):
+def test_interrupted_run_resumes_exactly_once(server, fresh_db, baseline, held):
     """Ctrl-C (SIGINT) mid-run: INTERRUPTED, non-zero exit; resumed, equal to the undisturbed run."""
     db = _client(server)[fresh_db]
-    _stop_mid_run(_cli_run(fresh_db, server), signal.SIGINT)
+    proc = _cli_run(fresh_db, server, held)
+    try:
+        _wait_until_held(proc, held)
+    finally:
+        out = _stop(proc, signal.SIGINT)  # Ctrl-C mid-step: the run holds at step HOLD_AT
+    assert proc.returncode == 130 and "ldreg run --resume 1" in out, out
     assert db.runs.find_one({"_id": 1})["status"] == "INTERRUPTED"
-    resume_experiment(1, progress=False, plugins=load_plugins())
+    resume_experiment(1, progress=False, plugins=_held_plugins(held))
     _assert_like_baseline(baseline, db, 1)
 
 

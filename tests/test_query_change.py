@@ -97,7 +97,9 @@ def test_series_use_the_labels_the_run_recorded(db):
 
 
 def test_a_stage_start_written_late_is_picked_up(db):
+    """Late: its bucket waited in a spool (a completed run's buckets are otherwise final)."""
     insert_run(db, skip={(1, 5)})
+    db.runs.update_one({"_id": 7}, {"$set": {"result": {"observations_spooled": 3}}})
     runs = select_runs(db, ids=[7])
     agg = Aggregation(change="stage_start")
     early = curves_frame(db, runs, [Pick(response_types=["chosen"])], agg)

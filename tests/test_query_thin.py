@@ -53,13 +53,13 @@ def test_a_thinned_chart_says_so_and_a_small_one_does_not():
 
 
 def test_an_image_drops_the_hover_layer_only():
-    from ldreg.query.charts.common import static
+    from ldreg.query.charts.render import to_spec
 
     chart = curves_chart(_frame(30), facet="series", title="t")
     marks = lambda spec: [layer["mark"]["type"] for layer in spec["spec"]["layer"]]  # noqa: E731
-    assert marks(chart.to_dict()) == ["area", "line", "point"]
-    assert marks(static(chart).to_dict()) == ["area", "line"]
-    assert marks(chart.to_dict()) == ["area", "line", "point"]  # the original keeps its tooltips
+    assert marks(to_spec(chart)) == ["area", "line", "point"]
+    assert marks(to_spec(chart, image=True)) == ["area", "line"]
+    assert marks(to_spec(chart)) == ["area", "line", "point"]  # the chart keeps its tooltips
 
 
 def test_a_chart_of_many_short_lines_serialises():

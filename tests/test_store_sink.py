@@ -6,9 +6,10 @@ import os
 import signal
 import socket
 import time
+import uuid
 
 import pytest
-from pymongo import WriteConcern
+from pymongo import MongoClient, WriteConcern, monitoring
 
 from ldreg.observations import Observation
 from ldreg.store.connection import open_client
@@ -189,6 +190,62 @@ def test_the_indexes_exist_before_the_first_observation(db, tmp_path):
         assert db[COLLECTION].count_documents({}) == 0
     finally:
         sink.close()
+
+
+class _Commands(monitoring.CommandListener):
+    """The names of the commands a client sends, in order."""
+
+    def __init__(self):
+        self.names: list[str] = []
+
+    def started(self, event):
+        self.names.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+def test_a_sink_costs_one_index_command_and_a_clean_close_no_round_trip(mongo_server, tmp_path):
+    """Fixed costs of every run, which weigh most in a small one: both indexes in one createIndexes,
+    and no ping or replay at close when nothing waits in memory or in the spool. The indexes are all there."""
+    listener = _Commands()
+    client = MongoClient(mongo_server.url, event_listeners=[listener])
+    db = client[f"test_fixed_{uuid.uuid4().hex[:12]}"]
+    try:
+        observations = [_obs(i) for i in range(40)]
+        with StoreSink(10, db, spool_path=tmp_path / "s.jsonl", batch_size=16) as sink:
+            for obs in observations:
+                sink.emit(obs)
+        assert listener.names.count("createIndexes") == 1
+        assert "insert" in listener.names and "ping" not in listener.names
+        assert len(db[COLLECTION].index_information()) == 3  # _id and the two bucket indexes
+        _assert_stored_exactly(db, 10, observations)
+    finally:
+        client.drop_database(db.name)
+        client.close()
+
+
+def test_a_burst_smaller_than_a_batch_is_stored_without_close(db, tmp_path):
+    """The writer waits for ``min_batch`` documents only while more are coming: once the queue runs
+    dry a smaller burst must go too, or settle (the checkpoint's guard) would wait for the next one."""
+    sink = StoreSink(11, db, spool_path=tmp_path / "s.jsonl")
+    try:
+        observations = [_obs(i) for i in range(sink.min_batch - 3)]
+        for obs in observations:
+            sink.emit(obs)
+        assert sink.settle(timeout_s=30)
+        _assert_stored_exactly(db, 11, observations)
+        more = [_obs(i) for i in range(100, 100 + 2 * sink.min_batch + 5)]
+        for obs in more:
+            sink.emit(obs)
+        assert sink.settle(timeout_s=30)
+        assert db[COLLECTION].count_documents({"run_id": 11}) == len(observations) + len(more)
+    finally:
+        counts = sink.close()
+    assert counts.stored == len(observations) + len(more) and counts.left == 0 and counts.lost == 0
 
 
 def test_spooled_buckets_keep_their_types_through_the_raw_documents(db, tmp_path):

@@ -70,11 +70,13 @@ class Report:
 
     def write_pngs(self, folder: Path) -> list[Path]:
         """Each figure also as a PNG (for slides and papers), beside the page."""
+        from ldreg.query.charts import render
+
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for i, fig in enumerate(self.figures, start=1):
             target = folder / f"figure-{i}.png"
-            fig.chart.save(str(target), scale_factor=1.5)
+            render.save(fig.chart, target, "png", scale=1.5)
             written.append(target)
         return written
 

@@ -20,12 +20,15 @@ import altair as alt
 import pandas as pd
 
 from ldreg import config
-from ldreg.query.charts.common import static
+from ldreg.query.charts import render
 from ldreg.query.errors import QueryError
 
 FORMATS = ("html", "png", "svg", "json", "csv", "parquet")
 PNG_SCALE = 2.0
-_FETCHED = re.compile(r"<script[^>]+src\s*=|<link[^>]+href\s*=\s*[\"']https?:|cdn\.jsdelivr|unpkg\.com|cdnjs", re.IGNORECASE)
+# Searched one at a time in the lower-cased page: as one case-insensitive alternation, the search
+# took 0.4 s on a 100-run comparison page (8 MB of inlined data).
+_FETCHED = [re.compile(p) for p in (r"<script[^>]+src\s*=", r"<link[^>]+href\s*=\s*[\"']https?:", r"cdn\.jsdelivr",
+                                     r"unpkg\.com", r"cdnjs")]
 
 
 def check_formats(formats: Sequence[str], where: str = "formats") -> list[str]:
@@ -49,9 +52,11 @@ def targets(out: str | Path, name: str, formats: Sequence[str]) -> dict[str, Pat
 
 def assert_offline(page: str) -> None:
     """Raise if the page would fetch scripts or styles from the network."""
-    match = _FETCHED.search(page)
-    if match:
-        raise AssertionError(f"the HTML fetches from the network: {match.group(0)!r}")
+    lower = page.lower()
+    for pattern in _FETCHED:
+        match = pattern.search(lower)
+        if match:
+            raise AssertionError(f"the HTML fetches from the network: {match.group(0)!r}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +93,7 @@ def page(title: str, blocks: Sequence[str | alt.TopLevelMixin], intro: str = "")
             parts.append(block)
         else:
             parts.append(f'<div id="chart{i}" class="chart"></div>')
-            scripts.append(f"vegaEmbed('#chart{i}', {block.to_json(indent=None)}, {{actions: true}}).catch(console.error);")
+            scripts.append(f"vegaEmbed('#chart{i}', {json.dumps(render.to_spec(block))}, {{actions: true}}).catch(console.error);")
     body = "\n".join(parts)
     script = "\n".join(scripts)
     text = f"""<!DOCTYPE html>
@@ -120,13 +125,11 @@ def write(chart: alt.TopLevelMixin, frame: pd.DataFrame, where: dict[str, Path])
     for fmt, path in where.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "html":
-            chart.save(str(path), format="html", inline=True)
+            render.save(chart, path, "html")
             assert_offline(path.read_text())
-        elif fmt == "png":  # a picture: without the hover-only layers it cannot show
-            static(chart).save(str(path), format="png", scale_factor=PNG_SCALE)
-        elif fmt == "svg":
-            static(chart).save(str(path), format="svg")
-        elif fmt == "json":
+        elif fmt in ("png", "svg"):  # a picture: without the hover-only layers it cannot show
+            render.save(chart, path, fmt, scale=PNG_SCALE)
+        elif fmt == "json":  # the whole frame, for a reader who edits the spec
             path.write_text(json.dumps(chart.to_dict(), indent=1))
         elif fmt == "csv":
             frame.to_csv(path, index=False)

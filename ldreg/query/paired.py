@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ldreg.query import rows as summary_rows
 from ldreg.query.pipeline import derived_key
 from ldreg.store.collections import OBSERVATIONS, STATS
 from ldreg.store.collections import STATS_DERIVED as MARKS  # per (run, kind, quantity, derived): buckets seen
@@ -111,32 +112,42 @@ def derive_run(docs: Sequence[dict[str, Any]], quantity: str, minus: str | None,
     return [{**{f: d.get(f) for f in keep}, "bucket": d["_id"], **summary(values[d["_id"]].values())} for d in docs]
 
 
-def ensure_derived(db, runs: Sequence[Any], kind: str, quantity: str, minus: str | None, change: str | None) -> int:
+def ensure_derived(db, runs: Sequence[Any], kind: str, quantity: str, minus: str | None, change: str | None
+                   ) -> dict[int, dict[str, Any]]:
     """Write the derived summaries of every run not summarised since its buckets last changed.
 
-    Returns how many runs were (re)computed. Only ``example_ids``, the key fields and the one
-    quantity's array are read from the buckets.
+    Returns the sealed runs' stamps (``rows.stamp``), for reading their derived rows as tables.
+    Only ``example_ids``, the key fields and the one quantity's array are read from the buckets.
+    A run sealed when last derived, and unchanged since, is not recounted (``rows.sealed_runs``).
     """
     key = derived_key(minus, change)
     if key is None:
-        return 0
+        return {}
     stats, marks = db[STATS], db[MARKS]
-    done = 0
+    sealed = summary_rows.sealed_runs(db, runs)
+    known = {m["_id"]: m for m in marks.find({"_id": {"$in": [f"{r.id}|{kind}|{quantity}|{key}" for r in runs]}})}
+    stamps = {}
     for run in runs:
         mark_id = f"{run.id}|{kind}|{quantity}|{key}"
+        mark = known.get(mark_id)
+        fresh = mark is not None and mark.get("run_start") == run.start_time
+        if fresh and mark.get("sealed") and run.id in sealed and mark.get("stop_time") == sealed[run.id]:
+            stamps[run.id] = summary_rows.stamp(mark)
+            continue  # sealed then and unchanged since: no bucket can have been added
         total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
-        mark = marks.find_one({"_id": mark_id})
-        if mark is not None and mark.get("buckets") == total and mark.get("run_start") == run.start_time:
-            continue
-        fields = {f: 1 for f in ("stage", "stage_index", "step", "examples_seen", "probe_set", "response_type",
-                                 "update_type", "example_ids", "run_id", "kind")}
-        docs = list(db[OBSERVATIONS].find({"run_id": run.id, "kind": kind}, {**fields, f"values.{quantity}": 1}))
-        rows = derive_run(docs, quantity, minus, change)
-        stats.delete_many({"run_id": run.id, "kind": kind, "quantity": quantity, "derived": key})
-        if rows:
-            stats.insert_many([{**row, "_id": f"{row['bucket']}|{quantity}|{key}", "quantity": quantity,
-                                "derived": key, "run_start": run.start_time} for row in rows])
-        marks.replace_one({"_id": mark_id}, {"_id": mark_id, "buckets": total, "run_start": run.start_time},
-                          upsert=True)
-        done += 1
-    return done
+        if not (fresh and mark.get("buckets") == total):
+            fields = {f: 1 for f in ("stage", "stage_index", "step", "examples_seen", "probe_set", "response_type",
+                                     "update_type", "example_ids", "run_id", "kind")}
+            docs = list(db[OBSERVATIONS].find({"run_id": run.id, "kind": kind}, {**fields, f"values.{quantity}": 1}))
+            rows = derive_run(docs, quantity, minus, change)
+            stats.delete_many({"run_id": run.id, "kind": kind, "quantity": quantity, "derived": key})
+            if rows:
+                stats.insert_many([{**row, "_id": f"{row['bucket']}|{quantity}|{key}", "quantity": quantity,
+                                    "derived": key, "run_start": run.start_time} for row in rows])
+        # sealed: read before counting, so a run that completed meanwhile is recounted next time
+        mark = {"_id": mark_id, "buckets": total, "run_start": run.start_time, "sealed": run.id in sealed,
+                "stop_time": sealed.get(run.id)}
+        marks.replace_one({"_id": mark_id}, mark, upsert=True)
+        if mark["sealed"]:
+            stamps[run.id] = summary_rows.stamp(mark)
+    return stamps

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ldreg.store.collections import OBSERVATIONS, STATS  # noqa: F401 (STATS: one summary per bucket and quantity)
+from ldreg.store.tables import KEY_FIELDS, SUMMARY_FIELDS, summary_row
 
-KEY_FIELDS = ("stage_index", "step", "probe_set", "response_type", "update_type")
 CHANGES = ("stage_start",)  # what a change is measured from (see ldreg.query.paired)
 
 
@@ -173,7 +173,6 @@ def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, sk
     ]
 
 
-SUMMARY_FIELDS = ("run_id", "kind", "stage", "examples_seen") + KEY_FIELDS
 
 
 def copy_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]
@@ -202,12 +201,9 @@ def read_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, sk
     docs, seen = [], 0
     for bucket in db[OBSERVATIONS].find(match, projection):
         seen += 1
-        summary = (bucket.get("summary") or {}).get(quantity)
-        if summary is None:
-            continue
-        docs.append({**{f: bucket.get(f) for f in SUMMARY_FIELDS}, "n": summary["n"], "mean": summary["mean"],
-                     "std": summary["std"], "median": summary["median"], "bucket": bucket["_id"],
-                     "quantity": quantity, "run_start": run_start, "_id": f"{bucket['_id']}|{quantity}"})
+        row = summary_row(bucket, quantity)
+        if row is not None:
+            docs.append({**row, "run_start": run_start, "_id": f"{bucket['_id']}|{quantity}"})
     return docs, seen
 
 

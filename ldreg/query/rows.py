@@ -8,24 +8,73 @@ the rows of one kind and quantity, and the three passes are done on them in Pyth
 same meaning as the pipelines (``recorded``, ``anchors_pipeline``, ``curve_pipeline`` without
 seed pooling or smoothing): the same stored numbers come back, so curves are bit-identical.
 Seed pooling and smoothing still run in the server (``ldreg.query.pipeline``).
+
+A run that can no longer change (``sealed_runs``) keeps its summaries also as one table: a
+document of columns (``STATS_TABLES``), read in one fetch where its 5,600 rows cost the server
+~40 ms. A table is stamped with the state its run was summarised in (start, stop time, bucket
+count: the same stamp as the run's mark) and read only while the mark still has that stamp.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from ldreg.query import writeback
 from ldreg.query.pipeline import KEY_FIELDS, STATS, Pick, Recorded
+from ldreg.store.tables import fits, read_sink_table, read_table, sink_stamp, table_id, write_table  # noqa: F401
 
 CURVE_FIELDS = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
 
 
-def fetch(db, run_ids: Sequence[int], kind: str, quantity: str, derived: str | None = None) -> list[dict[str, Any]]:
-    """Every summary of ``kind`` and ``quantity`` (plain, or marked ``derived``) of the runs, run by run."""
+NOT_FETCHED = ("_id", "run_start")  # fields of a stored summary a fetch leaves out
+
+
+def sealed_runs(db, runs: Sequence[Any]) -> dict[int, Any]:
+    """Run id -> its stop time, for the runs whose buckets can no longer change: COMPLETED with
+    nothing left in a spool (``result.observations_spooled``: `ldreg db flush` may add buckets
+    later). A resumed run is RUNNING again, and completes with a new stop time."""
+    sealed = {}
+    for doc in db.runs.find({"_id": {"$in": [r.id for r in runs]}, "status": "COMPLETED"},
+                            {"stop_time": 1, "result.observations_spooled": 1}):
+        result = doc.get("result")
+        if not (isinstance(result, dict) and result.get("observations_spooled")):
+            sealed[doc["_id"]] = doc.get("stop_time")
+    return sealed
+
+
+def stamp(mark: Mapping[str, Any]) -> dict[str, Any]:
+    """What a sealed run's summaries were made from, as its mark records it."""
+    return {"run_start": mark.get("run_start"), "stop_time": mark.get("stop_time"), "buckets": mark.get("buckets")}
+
+
+def fetch(db, run_ids: Sequence[int], kind: str, quantity: str, derived: str | None = None,
+          stamps: Mapping[int, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every summary of ``kind`` and ``quantity`` (plain, or marked ``derived``) of the runs, run by run.
+
+    ``stamps``: run -> ``stamp`` of its mark, for sealed runs: read from the run's table when it
+    has that stamp, else row by row, and the table written (on a ``writeback`` thread) for next time.
+    """
     rows: list[dict[str, Any]] = []
     for run_id in run_ids:
-        rows.extend(db[STATS].find({"run_id": int(run_id), "kind": kind, "quantity": quantity, "derived": derived},
-                                   {"_id": 0, "bucket": 0, "run_start": 0}))
+        sealed = (stamps or {}).get(run_id)
+        table = read_table(db, run_id, kind, quantity, derived, sealed) if sealed is not None else None
+        if table is None:
+            table = list(db[STATS].find({"run_id": int(run_id), "kind": kind, "quantity": quantity, "derived": derived},
+                                        {f: 0 for f in NOT_FETCHED}))
+            if sealed is not None and fits(table):
+                writeback.later(write_table, db, run_id, kind, quantity, derived, sealed, table)
+        rows.extend(table)
     return rows
+
+
+def as_fetched(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Stored summaries (``pipeline.read_summaries``) as ``fetch`` gives them."""
+    return [{f: v for f, v in row.items() if f not in NOT_FETCHED} for row in rows]
+
+
+def as_stored(rows: Iterable[Mapping[str, Any]], quantity: str, run_start: Any) -> list[dict[str, Any]]:
+    """Fetched plain summaries (with their ``bucket``) as stored, one per bucket: ``as_fetched``'s inverse."""
+    return [{**row, "_id": f"{row['bucket']}|{quantity}", "run_start": run_start} for row in rows]
 
 
 def recorded_in(rows: Iterable[Mapping[str, Any]], out: Recorded) -> Recorded:

@@ -19,8 +19,9 @@ JUDGEMENTS = "judgements"  # pairwise verdicts on runs' answers, field run_ids (
 STATS = "observation_stats"  # one summary per (bucket, quantity[, derived]); field run_id
 STATS_SUMMARISED = "observation_stats_runs"  # per (run, kind, quantity): buckets summarised; _id "run|..."
 STATS_DERIVED = "observation_stats_derived"  # per (run, kind, quantity, derived): buckets seen; _id "run|..."
+STATS_TABLES = "observation_stats_tables"  # a sealed run's summaries as one document of columns; _id "run|..."
 
-PER_RUN_CACHES = (STATS, STATS_SUMMARISED, STATS_DERIVED)
+PER_RUN_CACHES = (STATS, STATS_SUMMARISED, STATS_DERIVED, STATS_TABLES)
 
 
 def cache_filter(name: str, run_id: int) -> dict:

@@ -31,14 +31,15 @@ from typing import Any, Mapping
 import bson
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from pymongo import WriteConcern
+from pymongo import IndexModel, WriteConcern
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from ldreg.observations import Observation
 from ldreg.store.collections import OBSERVATIONS
-from ldreg.store.documents import bucket_from_observation, ensure_indexes
+from ldreg.store.documents import ObservationBucket, bucket_from_observation
 from ldreg.store.spool import Spool, WriteCounts, flush_spools, insert_documents, spool_path_for
+from ldreg.store.tables import RunTables
 
 __all__ = ["StoreSink", "flush_spools"]
 
@@ -67,12 +68,16 @@ class StoreSink:
         self, run_id: int, db: Database | None = None, spool_path: Path | str | None = None,
         batch_size: int = 256, queue_size: int = 1024, retry_interval_s: float = 2.0,
         emit_timeout_s: float = 5.0, final_wait_s: float = FINAL_WAIT_S, max_held: int = MAX_HELD,
+        summary_tables: bool = True,
     ):
         if db is None:
             from ldreg.store.connection import connect
 
             db = connect()
         self.run_id = int(run_id)
+        # every bucket's summaries, written as the run's tables at close when all was stored (a
+        # first query then reads one document a run, not every bucket); off for a resumed run
+        self.tables = RunTables() if summary_tables else None
         self.final_wait_s = final_wait_s
         self.max_held = max_held
         self._held: list[Mapping[str, Any]] = []  # buckets the spool refused, waiting for the database
@@ -118,7 +123,10 @@ class StoreSink:
         try:  # converting to a document happens on the converter thread, off the training loop
             self._queue.put(obs, timeout=self.emit_timeout_s)
         except queue.Full:
-            self._to_spool([bucket_from_observation(self.run_id, obs)])
+            doc = bucket_from_observation(self.run_id, obs)
+            if self.tables is not None:
+                self.tables.add(doc)
+            self._to_spool([doc])
 
     def close(self) -> WriteCounts:
         """Drain the queue, write or spool everything; if anything is not stored, wait up to
@@ -132,7 +140,7 @@ class StoreSink:
             self._thread.join()
             self._writer.join()
             deadline = time.monotonic() + self.final_wait_s
-            while True:
+            while self._held or self.spool.pending():  # nothing waiting (the usual close): no round trip
                 self._next_retry = 0.0
                 self._try_reconnect()
                 if (not self._held and not self.spool.pending()) or time.monotonic() >= deadline:
@@ -154,7 +162,18 @@ class StoreSink:
             if self.counts.lost:
                 log.error("%d bucket(s) of run %d could be neither stored nor spooled (%s)",
                           self.counts.lost, self.run_id, self.spool_error)
+            if self.tables is not None and not (self.counts.left or self.counts.lost or self.counts.rejected):
+                self._write_tables()
         return self.counts
+
+    def _write_tables(self) -> None:
+        """The run's summary tables; a failure costs the run's first query a pass over its buckets
+        (the tables are a copy of what the buckets carry), so it is logged, not raised."""
+        try:
+            self.tables.write(self.collection.database, self.run_id)
+        except Exception as exc:
+            log.warning("run %d: summary tables not written (%s); a first query reads every bucket instead",
+                        self.run_id, exc)
 
     def __enter__(self) -> "StoreSink":
         return self
@@ -215,8 +234,7 @@ class StoreSink:
 
     def _index_early(self) -> None:
         try:
-            ensure_indexes(self.collection.database)
-            self._indexed = True
+            self._ensure_indexes()
         except Exception as exc:  # down already: the first write spools, and the retry creates them
             self._went_down(exc)
 
@@ -260,7 +278,11 @@ class StoreSink:
         256 buckets of 500 values), and training threads wait on the GIL meanwhile. Raw documents
         go to the server as they are."""
         try:
-            return RawBSONDocument(bson.encode(bucket_from_observation(self.run_id, obs)), RAW_OPTIONS)
+            doc = bucket_from_observation(self.run_id, obs)
+            raw = RawBSONDocument(bson.encode(doc), RAW_OPTIONS)
+            if self.tables is not None:
+                self.tables.add(doc)
+            return raw
         except Exception as exc:  # an observation that cannot be a document: counted, named
             log.error("run %d: observation %s/%s at step %s cannot be stored: %s", self.run_id,
                       obs.kind, obs.response_type, obs.step, exc)
@@ -280,11 +302,18 @@ class StoreSink:
 
     def _insert(self, batch: list[Mapping[str, Any]]) -> None:
         if not self._indexed:
-            ensure_indexes(self.collection.database)
-            self._indexed = True
+            self._ensure_indexes()
         counts, refused = insert_documents(self.collection, batch)
         self.spool.reject(refused)
         self.counts.add(counts)
+
+    def _ensure_indexes(self) -> None:
+        """The bucket indexes ``ensure_indexes`` creates, in one ``createIndexes`` command, not one per
+        index: each round trip comes before the first insert, and with the converter busy beside it one
+        took up to ~50 ms."""
+        models = [IndexModel(spec["fields"]) for spec in ObservationBucket._meta["index_specs"]]
+        self.collection.database[OBSERVATIONS].create_indexes(models)  # the database's write concern, as before
+        self._indexed = True
 
     def _try_reconnect(self) -> None:
         """Every ``retry_interval_s`` while down: ping, and replay the spool if it answers."""

@@ -88,14 +88,3 @@ def number_format(values: pd.Series) -> str:
 
 
 HOVER = "hover"  # the name of a layer that exists only for tooltips (invisible marks)
-
-
-def static(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
-    """The chart for an image (PNG, SVG): without its hover-only layers, which a picture cannot
-    show and which cost as much to render as the curves themselves."""
-    chart = chart.copy(deep=True)
-    holder = chart.spec if hasattr(chart, "spec") and hasattr(chart.spec, "layer") else chart
-    if hasattr(holder, "layer"):
-        holder.layer = [layer for layer in holder.layer if getattr(layer, "name", None) != HOVER]
-    return chart
-

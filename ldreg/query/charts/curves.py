@@ -27,7 +27,7 @@ COLOR_TITLES = {"run": "run", "series": "response", "response_type": "response",
 
 def stage_words(frame: pd.DataFrame) -> str:
     """The stage a change is measured from: "SFT", "DPO", or "each stage" when the frame spans several."""
-    names = list(dict.fromkeys(str(s) for s in frame["stage"])) if "stage" in frame else []
+    names = list(dict.fromkeys(str(s) for s in frame["stage"].unique())) if "stage" in frame else []
     if len(names) != 1:
         return "each stage"
     name = names[0].split("-", 1)[1] if names[0][:1].isdigit() and "-" in names[0] else names[0]
@@ -42,7 +42,7 @@ def y_title(frame: pd.DataFrame, y: str) -> list[str]:
     """What the y axis shows, with its unit, in two lines: e.g. ["change in log π(y|x) since SFT began",
     "(nats, summed over tokens)"]. Panels of several quantities (or of a difference) share a title, so
     their names go to the panel headers and the axis keeps the unit."""
-    quantities = list(dict.fromkeys(frame["quantity"])) if "quantity" in frame else []
+    quantities = list(frame["quantity"].unique()) if "quantity" in frame else []
     stat = "" if y == "mean" else f"{y} of "
     since = f" since {stage_words(frame)} began" if _changes(frame) else ""
     mixed = len(quantities) != 1 or ("minus" in frame and frame["minus"].notna().any())
@@ -102,7 +102,7 @@ def curves_chart(frame: pd.DataFrame, *, color: str = "run", facet: str = "serie
         x=x_enc, y=alt.Y(f"{y}:Q", title=y_title(data, y), scale=alt.Scale(zero=False)), color=colour, detail=detail,
         **dash))
     layers.append(base.mark_point(size=28, filled=True, opacity=0).encode(x=x_enc, y=f"{y}:Q", tooltip=tooltip)
-                  .properties(name=HOVER))  # invisible, for tooltips: ``static`` drops it from an image
+                  .properties(name=HOVER))  # invisible, for tooltips: an image leaves it out (``render``)
     if x == "x" and align is not None and align != "stage" and data[x].min() < 0:
         layers.append(base.transform_aggregate(rows="count()").mark_rule(strokeDash=[4, 4], color="#666")
                       .encode(x=alt.datum(0)))
