@@ -252,9 +252,16 @@ def _cli_run(db_name: str, server, held) -> subprocess.Popen:
     folder, hold_file = held
     env = {**os.environ, "LDREG_MONGO_URL": server.status().url, "LDREG_DB": db_name,
            "LDREG_HEARTBEAT_S": HEARTBEAT_S, "LDREG_PLUGINS_DIR": str(folder), "FAULTS_HOLD_FILE": str(hold_file)}
-    args = [sys.executable, "-m", "ldreg", "run", str(SMOKE), "with", "stages.0.loss=held_sft", *OVERRIDES,
+    args = [sys.executable, "-c", AS_FROM_A_TERMINAL, "run", str(SMOKE), "with", "stages.0.loss=held_sft", *OVERRIDES,
             "--no-progress"]
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# `python -m ldreg` with Ctrl-C enabled, as in a terminal: a command started in the background by a
+# non-interactive shell (as CI may start the suite) inherits SIGINT ignored, and Python then never
+# raises KeyboardInterrupt, so the held run would wait out its hold.
+AS_FROM_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('ldreg', run_name='__main__', alter_sys=True)")
 
 
 def _held_plugins(held):
