@@ -12,6 +12,7 @@ from ldreg.query.frame import _anchors, curves_frame, ensure_summaries
 from ldreg.query.paired import ensure_derived
 from ldreg.query.pipeline import STATS, Aggregation, Pick, curve_pipeline, derived_key, recorded, shift_x
 from ldreg.query.select import select_runs
+from ldreg.store.tables import read_table, table_id
 
 PICKS = [Pick(), Pick(response_types=["chosen"]), Pick(response_types=["rejected"], stages=[1]),
          Pick(stages=["0-sft"], steps=[1, 8]), Pick(quantity="argmax_logp", probe_set=None),
@@ -124,7 +125,7 @@ def test_a_sealed_runs_summaries_come_back_from_its_table_as_stored(db):
         mark = db[STATS_SUMMARISED].find_one({"_id": f"{run.id}|probe|logp_sum"})
         stamp = summary_rows.stamp(mark)
         for derived in (None, derived_key(None, "stage_start"), derived_key("rejected", "stage_start")):
-            table = summary_rows.read_table(db, run.id, "probe", "logp_sum", derived, stamp)
+            table = read_table(db, run.id, "probe", "logp_sum", derived, stamp)
             by_row = summary_rows.fetch(db, [run.id], "probe", "logp_sum", derived)  # row by row
             assert sorted(table, key=_key) == sorted(by_row, key=_key)  # (copied rows keep the buckets' order)
             assert table and all("update_type" in row for row in table)
@@ -141,13 +142,13 @@ def test_a_table_is_read_only_while_its_run_is_unchanged(db):
     pick = [Pick(response_types=["chosen"])]
     first = curves_frame(db, runs, pick)
     writeback.wait()
-    table_id = summary_rows.table_id(1, "probe", "logp_sum", None)
-    means = db[STATS_TABLES].find_one({"_id": table_id})["columns"]["mean"]
-    db[STATS_TABLES].update_one({"_id": table_id}, {"$set": {"columns.mean": [m + 1000 for m in means]}})
+    key = table_id(1, "probe", "logp_sum", None)
+    means = db[STATS_TABLES].find_one({"_id": key})["columns"]["mean"]
+    db[STATS_TABLES].update_one({"_id": key}, {"$set": {"columns.mean": [m + 1000 for m in means]}})
     assert (curves_frame(db, runs, pick)["mean"] == first["mean"] + 1000).all()
     stop = db.runs.find_one({"_id": 1})["stop_time"]
     db.runs.update_one({"_id": 1}, {"$set": {"stop_time": stop.replace(hour=stop.hour + 1)}})  # resumed, completed
     again = curves_frame(db, select_runs(db, ids=[1]), pick)
     writeback.wait()
     assert again.equals(first)
-    assert db[STATS_TABLES].find_one({"_id": table_id})["stamp"]["stop_time"] == stop.replace(hour=stop.hour + 1)
+    assert db[STATS_TABLES].find_one({"_id": key})["stamp"]["stop_time"] == stop.replace(hour=stop.hour + 1)

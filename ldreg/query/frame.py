@@ -29,6 +29,7 @@ from ldreg.query.labels import run_labels, seed_groups
 from ldreg.query.names import difference_label, label_of, response_labels
 from ldreg.query.paired import ensure_derived
 from ldreg.query import rows as summary_rows
+from ldreg.store import tables
 from ldreg.query import writeback
 from ldreg.query.pipeline import (OBSERVATIONS, STATS, Aggregation, Pick, Recorded, anchors_pipeline, curve_pipeline,
                                   derived_key, read_summaries, recorded, shift_x, store_summaries,
@@ -112,8 +113,8 @@ def _summarised_before(db, ids: Sequence[int], kind: str, quantity: str) -> bool
     marks = db[STATS_SUMMARISED].find({"_id": {"$in": [f"{i}|{kind}|{quantity}" for i in ids]}}, {"buckets": 1})
     if any(m.get("buckets") for m in marks):
         return True
-    tables = {"_id": {"$in": [summary_rows.table_id(i, kind, quantity) for i in ids]}}
-    return db[STATS_TABLES].find_one(tables, {"_id": 1}) is not None
+    ids_of_tables = {"_id": {"$in": [tables.table_id(i, kind, quantity) for i in ids]}}
+    return db[STATS_TABLES].find_one(ids_of_tables, {"_id": 1}) is not None
 
 
 def check_pick(db, runs: Sequence[RunInfo], pick: Pick, where: str = "observe", summarised: bool = False,
@@ -197,13 +198,12 @@ def summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str, defer: bool
         key = f"{run.id}|{kind}|{quantity}"
         mark = known.get(key)
         fresh = mark is not None and mark.get("run_start") == run.start_time
-        if fresh and mark.get("sealed") and run.id in sealed and mark.get("stop_time") == sealed[run.id]:
-            # sealed then and unchanged since: no bucket can have been added
+        if summary_rows.unchanged(mark, run, sealed):
             stamp = mark.get("table") or summary_rows.stamp(mark)  # the sink's table keeps the sink's stamp
             if mark.get("rows", True):
                 rows.extend(summary_rows.fetch(db, [run.id], kind, quantity, stamps={run.id: stamp}))
                 continue
-            table = summary_rows.read_table(db, run.id, kind, quantity, None, stamp)
+            table = tables.read_table(db, run.id, kind, quantity, None, stamp)
             if table is not None:
                 if stats_rows:
                     store_summaries(db, summary_rows.as_stored(table, quantity, run.start_time))
@@ -213,12 +213,11 @@ def summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str, defer: bool
         if mark is not None and not mark.get("rows", True):
             fresh = False  # kept only as a table, now gone or out of date: summarised anew
         if not fresh and run.id in sealed:  # the table the run's sink wrote: every bucket's summary
-            found = summary_rows.read_sink_table(db, run.id, kind, quantity, run.start_time)
+            found = tables.read_sink_table(db, run.id, kind, quantity, run.start_time)
             if found is not None:
                 table, total = found
-                mark = {"_id": key, "buckets": total, "run_start": run.start_time, "sealed": True,
-                        "stop_time": sealed[run.id], "rows": stats_rows,
-                        "table": summary_rows.sink_stamp(run.start_time, total)}  # read by this stamp from now on
+                mark = summary_rows.new_mark(key, run, total, sealed, rows=stats_rows,  # the table is read
+                                             table=tables.sink_stamp(run.start_time, total))  # by its own stamp
                 if stats_rows:
                     stats.delete_many({"run_id": run.id, "kind": kind, "quantity": quantity, "derived": None})
                     store_summaries(db, summary_rows.as_stored(table, quantity, run.start_time))
@@ -243,7 +242,7 @@ def summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str, defer: bool
             else:
                 skip = []
             table_only = (not have and not stats_rows and run.id in sealed and len(copied) == total
-                          and summary_rows.fits(copied))
+                          and tables.fits(copied))
             later = defer and have + len(copied) == total
             if not (later or table_only):
                 store_summaries(db, copied)
@@ -258,11 +257,9 @@ def summaries(db, runs: Sequence[RunInfo], kind: str, quantity: str, defer: bool
             rows.extend(copied)  # every summary of the run was copied just now: none to read back
         else:
             rows.extend(summary_rows.fetch(db, [run.id], kind, quantity))
-        # sealed: read before counting, so a run that completed meanwhile is recounted next time
-        mark = {"_id": key, "buckets": total, "run_start": run.start_time, "sealed": run.id in sealed,
-                "stop_time": sealed.get(run.id), "rows": not table_only}
+        mark = summary_rows.new_mark(key, run, total, sealed, rows=not table_only)
         table = None
-        if mark["sealed"] and summary_rows.fits(rows[first_row:]):
+        if mark["sealed"] and tables.fits(rows[first_row:]):
             table = summary_rows.as_fetched(rows[first_row:])
         write = (run.id, copied if later and not table_only else [], mark, table)
         if later:
@@ -281,7 +278,7 @@ def _store_and_mark(db, kind: str, quantity: str,
     for run_id, docs, mark, table in writes:
         store_summaries(db, docs)
         if table is not None:
-            summary_rows.write_table(db, run_id, kind, quantity, None, summary_rows.stamp(mark), table)
+            tables.write_table(db, run_id, kind, quantity, None, summary_rows.stamp(mark), table)
         db[SUMMARISED].replace_one({"_id": mark["_id"]}, mark, upsert=True)
 
 

@@ -130,10 +130,10 @@ def ensure_derived(db, runs: Sequence[Any], kind: str, quantity: str, minus: str
     for run in runs:
         mark_id = f"{run.id}|{kind}|{quantity}|{key}"
         mark = known.get(mark_id)
-        fresh = mark is not None and mark.get("run_start") == run.start_time
-        if fresh and mark.get("sealed") and run.id in sealed and mark.get("stop_time") == sealed[run.id]:
+        if summary_rows.unchanged(mark, run, sealed):
             stamps[run.id] = summary_rows.stamp(mark)
-            continue  # sealed then and unchanged since: no bucket can have been added
+            continue
+        fresh = mark is not None and mark.get("run_start") == run.start_time
         total = db[OBSERVATIONS].count_documents({"run_id": run.id, "kind": kind})
         if not (fresh and mark.get("buckets") == total):
             fields = {f: 1 for f in ("stage", "stage_index", "step", "examples_seen", "probe_set", "response_type",
@@ -144,9 +144,7 @@ def ensure_derived(db, runs: Sequence[Any], kind: str, quantity: str, minus: str
             if rows:
                 stats.insert_many([{**row, "_id": f"{row['bucket']}|{quantity}|{key}", "quantity": quantity,
                                     "derived": key, "run_start": run.start_time} for row in rows])
-        # sealed: read before counting, so a run that completed meanwhile is recounted next time
-        mark = {"_id": mark_id, "buckets": total, "run_start": run.start_time, "sealed": run.id in sealed,
-                "stop_time": sealed.get(run.id)}
+        mark = summary_rows.new_mark(mark_id, run, total, sealed)
         marks.replace_one({"_id": mark_id}, mark, upsert=True)
         if mark["sealed"]:
             stamps[run.id] = summary_rows.stamp(mark)

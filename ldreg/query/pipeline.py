@@ -19,7 +19,7 @@ lower middle element, not the midpoint of the two middles, so the median is comp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from ldreg.store.collections import OBSERVATIONS, STATS  # noqa: F401 (STATS: one summary per bucket and quantity)
 from ldreg.store.tables import KEY_FIELDS, SUMMARY_FIELDS, summary_row
@@ -171,8 +171,6 @@ def summarise_pipeline(run_id: int, kind: str, quantity: str, run_start: Any, sk
                         "_id": {"$concat": ["$_id", "|", quantity]}}},
         {"$merge": {"into": STATS, "on": "_id", "whenMatched": "replace", "whenNotMatched": "insert"}},
     ]
-
-
 
 
 def copy_summaries(db, run_id: int, kind: str, quantity: str, run_start: Any, skip: Sequence[str]
@@ -341,14 +339,16 @@ def recorded(db, run_ids: Sequence[int], kind: str, quantity: str | None = None)
     if quantity is None:
         return out  # grouping the raw buckets reads every array: only the summaries are grouped
     match = {"run_id": {"$in": ids}, "kind": kind, "quantity": quantity}
-    for row in db[STATS].aggregate([
-        {"$match": match},
-        {"$group": {"_id": {"r": "$response_type", "p": "$probe_set", "u": "$update_type", "s": "$stage"}}},
-    ]):
-        key = row["_id"]
-        out.response_types.add(key.get("r"))
-        out.probe_sets.add(key.get("p"))
-        out.stages.add(key.get("s"))
-        if key.get("u") is not None:
-            out.update_types.add(key["u"])
+    keys = {f: f"${f}" for f in ("response_type", "probe_set", "update_type", "stage")}
+    return recorded_in((row["_id"] for row in db[STATS].aggregate([{"$match": match}, {"$group": {"_id": keys}}])), out)
+
+
+def recorded_in(rows: Iterable[Mapping[str, Any]], out: Recorded) -> Recorded:
+    """``out`` with the response types, probing sets, update types and stages the rows hold."""
+    for row in rows:
+        out.response_types.add(row.get("response_type"))
+        out.probe_sets.add(row.get("probe_set"))
+        out.stages.add(row.get("stage"))
+        if row.get("update_type") is not None:
+            out.update_types.add(row["update_type"])
     return out

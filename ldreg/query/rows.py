@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from ldreg.query import writeback
-from ldreg.query.pipeline import KEY_FIELDS, STATS, Pick, Recorded
-from ldreg.store.tables import fits, read_sink_table, read_table, sink_stamp, table_id, write_table  # noqa: F401
+from ldreg.query.pipeline import KEY_FIELDS, STATS, Pick, recorded_in  # noqa: F401 (the rows' record)
+from ldreg.store.tables import fits, read_table, write_table
 
 CURVE_FIELDS = ("run_id", "stage", "examples_seen", "n", "mean", "std", "median") + KEY_FIELDS
 
@@ -45,6 +45,21 @@ def sealed_runs(db, runs: Sequence[Any]) -> dict[int, Any]:
 def stamp(mark: Mapping[str, Any]) -> dict[str, Any]:
     """What a sealed run's summaries were made from, as its mark records it."""
     return {"run_start": mark.get("run_start"), "stop_time": mark.get("stop_time"), "buckets": mark.get("buckets")}
+
+
+def new_mark(mark_id: str, run: Any, total: int, sealed: Mapping[int, Any], **more: Any) -> dict[str, Any]:
+    """A run's mark: how many buckets were summarised, of which run (its start), and whether it was
+    sealed then (``sealed_runs``, read before counting, so a run that completed meanwhile is
+    recounted next time) with its stop time."""
+    return {"_id": mark_id, "buckets": total, "run_start": run.start_time, "sealed": run.id in sealed,
+            "stop_time": sealed.get(run.id), **more}
+
+
+def unchanged(mark: Mapping[str, Any] | None, run: Any, sealed: Mapping[int, Any]) -> bool:
+    """Whether the run was sealed when ``mark`` was made and is unchanged since (same start, still
+    sealed, same stop time): then no bucket can have been added, and it need not be recounted."""
+    return (mark is not None and mark.get("run_start") == run.start_time and bool(mark.get("sealed"))
+            and run.id in sealed and mark.get("stop_time") == sealed[run.id])
 
 
 def fetch(db, run_ids: Sequence[int], kind: str, quantity: str, derived: str | None = None,
@@ -75,18 +90,6 @@ def as_fetched(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def as_stored(rows: Iterable[Mapping[str, Any]], quantity: str, run_start: Any) -> list[dict[str, Any]]:
     """Fetched plain summaries (with their ``bucket``) as stored, one per bucket: ``as_fetched``'s inverse."""
     return [{**row, "_id": f"{row['bucket']}|{quantity}", "run_start": run_start} for row in rows]
-
-
-def recorded_in(rows: Iterable[Mapping[str, Any]], out: Recorded) -> Recorded:
-    """``out`` with the response types, probing sets, update types and stages the rows hold
-    (what ``recorded``'s ``$group`` over the same rows finds)."""
-    for row in rows:
-        out.response_types.add(row.get("response_type"))
-        out.probe_sets.add(row.get("probe_set"))
-        out.stages.add(row.get("stage"))
-        if row.get("update_type") is not None:
-            out.update_types.add(row["update_type"])
-    return out
 
 
 def anchors(rows: Iterable[Mapping[str, Any]], anchor_stage: Mapping[int, int] | None

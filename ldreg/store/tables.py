@@ -64,7 +64,8 @@ def read_table(db, run_id: int, kind: str, quantity: str, derived: str | None, s
     return _rows(doc) if doc is not None and doc.get("stamp") == dict(stamp) else None
 
 
-def read_sink_table(db, run_id: int, kind: str, quantity: str, run_start: Any) -> tuple[list[dict[str, Any]], int] | None:
+def read_sink_table(db, run_id: int, kind: str, quantity: str, run_start: Any
+                    ) -> tuple[list[dict[str, Any]], int] | None:
     """The rows of the table the run's sink wrote, and how many buckets it saw; None when there is
     none for this run (by its start time)."""
     doc = db[STATS_TABLES].find_one({"_id": table_id(run_id, kind, quantity)})

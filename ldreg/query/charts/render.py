@@ -86,7 +86,8 @@ def _without_layers(node: Any, name: str) -> Any:
     if isinstance(node, dict):
         out = {k: _without_layers(v, name) for k, v in node.items()}
         if isinstance(out.get("layer"), list):
-            out["layer"] = [layer for layer in out["layer"] if not (isinstance(layer, dict) and layer.get("name") == name)]
+            out["layer"] = [layer for layer in out["layer"]
+                            if not (isinstance(layer, dict) and layer.get("name") == name)]
         return out
     if isinstance(node, list):
         return [_without_layers(v, name) for v in node]
@@ -100,9 +101,8 @@ def to_spec(chart: alt.TopLevelMixin, image: bool = False) -> dict[str, Any]:
     with alt.data_transformers.enable("ldreg-deferred", store=frames):
         spec = chart.to_dict()
     if image:  # datasets are rows, not layers: left as they are
-        spec = {k: (v if k == "datasets" else _without_layers(v, HOVER)) for k, v in spec.items()}
-        if isinstance(spec.get("layer"), list):
-            spec["layer"] = [layer for layer in spec["layer"] if layer.get("name") != HOVER]
+        datasets = spec.pop("datasets", None)
+        spec = _without_layers(spec, HOVER) | ({"datasets": datasets} if datasets is not None else {})
     used = used_fields(spec)
     datasets = spec.setdefault("datasets", {})
     for name, frame in frames.items():
